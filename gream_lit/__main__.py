@@ -1,0 +1,5 @@
+import sys
+
+from gream_lit.cli import main
+
+sys.exit(main())

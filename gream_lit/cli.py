@@ -1,0 +1,69 @@
+"""One entry point: ``python -m gream_lit <command>``.
+
+``fit``/``validate``/``test``/``predict`` go to LightningCLI (any LightningModule and DataModule by
+``class_path``); the other commands (``data``, ``index``, ...) are small argparse programs that live
+next to the code they drive and expose ``main(argv) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from gream_lit.reporting import print_metric_table
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("gream_lit.data.prepare", "convert raw datasets to the catalog format, print statistics, download"),
+    "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
+}
+
+
+class GreamCLI(LightningCLI):
+    """LightningCLI that tests the best checkpoint after ``fit`` and prints every metric table."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
+
+    def after_fit(self) -> None:
+        print_metric_table(self.trainer.callback_metrics, title="fit: last validation")
+        if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            print_metric_table(results[0] if results else {}, title=f"test ({ckpt or 'last'} checkpoint)")
+
+    def after_validate(self) -> None:
+        print_metric_table(self.trainer.callback_metrics, title="validate")
+
+    def after_test(self) -> None:
+        print_metric_table(self.trainer.callback_metrics, title="test")
+
+
+def _usage() -> str:
+    lines = ["usage: python -m gream_lit <command> [options]", "", "commands:"]
+    lines += [f"  {c:<9} LightningCLI {c} (--config experiments/<name>.yaml)" for c in LIGHTNING_COMMANDS]
+    lines += [f"  {c:<9} {help}" for c, (_, help) in EXTRA_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        GreamCLI(
+            args=[command, *rest],
+            save_config_kwargs={"overwrite": True},
+        )
+        return 0
+    if command in EXTRA_COMMANDS:
+        module = importlib.import_module(EXTRA_COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2

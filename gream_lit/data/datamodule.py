@@ -1,0 +1,74 @@
+"""The LightningDataModule family's base: load a catalog once, split it leave-one-out.
+
+Stage data modules (sequential baselines, indexing, SFT, RL) subclass ``CatalogDataModule`` and build
+their datasets from ``self.catalog`` and ``self.split`` in ``build_datasets``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+
+from gream_lit.data.catalog import Catalog
+from gream_lit.data.readers import load_catalog
+from gream_lit.data.split import LeaveOneOut, leave_one_out
+
+log = logging.getLogger(__name__)
+
+
+class CatalogDataModule(L.LightningDataModule):
+    """Base for every stage's data.
+
+    Args:
+        data_dir: dataset folder (or file, depending on the format); may be empty for sources that
+            ship with a package, such as ``movielens_widedeep``.
+        format: catalog reader name (``lcrec``, ``movielens``, ``movielens_widedeep``, ...).
+        max_history: most recent items kept in a history (GREAM uses 20).
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size.
+        num_workers: DataLoader workers.
+        max_eval_users: evaluate on the first N users only (0 = all), for quick validation.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "",
+        format: str = "lcrec",
+        max_history: int = 20,
+        batch_size: int = 256,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        max_eval_users: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.format = format
+        self.max_history = max_history
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.max_eval_users = max_eval_users
+        self.catalog: Catalog | None = None
+        self.split: LeaveOneOut | None = None
+
+    def load(self) -> Catalog:
+        """Read the catalog and split it; idempotent so models can call it from ``configure_model``."""
+        if self.catalog is None:
+            self.catalog = load_catalog(Path(self.data_dir) if self.data_dir else "", self.format)
+            self.split = leave_one_out(self.catalog, self.max_history)
+            log.info("catalog %s: %s", self.catalog.name, self.catalog.stats())
+        return self.catalog
+
+    def eval_samples(self, split: str):
+        samples = self.split.split(split)
+        return samples[: self.max_eval_users] if self.max_eval_users else samples
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        self.build_datasets(stage)
+
+    def build_datasets(self, stage: str | None) -> None:
+        """Subclasses build their datasets here."""

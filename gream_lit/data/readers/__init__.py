@@ -1,0 +1,22 @@
+"""Catalog readers; ``load_catalog`` picks one by format name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from gream_lit.data.catalog import Catalog, DataError
+from gream_lit.data.readers.lcrec import read_lcrec
+
+READERS: dict[str, Callable[..., Catalog]] = {"lcrec": read_lcrec}
+
+
+def register_reader(name: str, fn: Callable[..., Catalog]) -> None:
+    READERS[name] = fn
+
+
+def load_catalog(path: str | Path, format: str = "lcrec", **kwargs) -> Catalog:
+    """Read a catalog from ``path`` in the given format (lcrec, movielens, ...)."""
+    if format not in READERS:
+        raise DataError(f"unknown catalog format {format!r}; known: {sorted(READERS)}")
+    return READERS[format](path, **kwargs)
