@@ -1,0 +1,28 @@
+"""Shared test fixtures: where the real datasets are, and tiny catalogs built in code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset under ../shared/data, or skip the test where it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {path} not present")
+    return path
+
+
+@pytest.fixture
+def scientific_dir() -> Path:
+    return shared_dataset("amazon18_scientific")
+
+
+@pytest.fixture
+def ml100k_dir() -> Path:
+    return shared_dataset("ml-100k")
