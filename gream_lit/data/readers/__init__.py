@@ -6,9 +6,18 @@ from pathlib import Path
 from typing import Callable
 
 from gream_lit.data.catalog import Catalog, DataError
+from gream_lit.data.readers.amazon import read_amazon14, read_amazon18, read_amazon23
 from gream_lit.data.readers.lcrec import read_lcrec
+from gream_lit.data.readers.movielens import read_movielens, read_movielens_widedeep
 
-READERS: dict[str, Callable[..., Catalog]] = {"lcrec": read_lcrec}
+READERS: dict[str, Callable[..., Catalog]] = {
+    "lcrec": read_lcrec,
+    "movielens": read_movielens,
+    "movielens_widedeep": read_movielens_widedeep,
+    "amazon14": read_amazon14,
+    "amazon18": read_amazon18,
+    "amazon23": read_amazon23,
+}
 
 
 def register_reader(name: str, fn: Callable[..., Catalog]) -> None:
