@@ -19,6 +19,9 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("gream_lit.data.prepare", "convert raw datasets to the catalog format, print statistics, download"),
     "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
+    "sweep": ("gream_lit.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
+    "report": ("gream_lit.report", "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams"),
+    "teacher": ("gream_lit.data.cot", "teacher-written data: chain-of-thought samples (cot), user side info (side-info)"),
 }
 
 
@@ -57,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
+        from gream_lit.pipeline import maybe_run_pipeline  # imports this module: load it on use
+
+        code = maybe_run_pipeline(command, rest)
+        if code is not None:
+            return code
         GreamCLI(
             args=[command, *rest],
             save_config_kwargs={"overwrite": True},

@@ -86,4 +86,6 @@ def ranking_metrics(ks: tuple[int, ...] = (1, 5, 10), prefix: str = "") -> Metri
         metrics[f"recall@{k}"] = RecallAtK(k)
         metrics[f"ndcg@{k}"] = NDCGAtK(k)
         metrics[f"mrr@{k}"] = MRRAtK(k)
-    return MetricCollection(metrics, prefix=prefix)
+    # No compute groups: torchmetrics merges metrics whose states are equal after the first update
+    # (e.g. recall@1 and recall@5 when a sanity-check batch has no hits), and they then share state.
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)

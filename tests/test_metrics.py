@@ -83,3 +83,16 @@ def test_ranking_metrics_keys_and_empty_and_bad_shapes():
         RecallAtK(0)
     with pytest.raises(ValueError, match="expected preds"):
         hit_rank(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+
+
+def test_collection_keeps_metrics_apart_after_a_first_update_without_hits():
+    """torchmetrics compute groups would merge @1 and @5 states after an all-miss first batch."""
+    from gream_lit.metrics import ranking_metrics
+
+    metrics = ranking_metrics((1, 5))
+    metrics.update(torch.tensor([[0, 1, 2, 3, 4]]), torch.tensor([7]))
+    metrics.update(torch.tensor([[0, 9, 2, 3, 4], [9, 1, 2, 3, 4]]), torch.tensor([9, 9]))
+    out = metrics.compute()
+    assert out["recall@1"].item() == pytest.approx(1 / 3)
+    assert out["recall@5"].item() == pytest.approx(2 / 3)
+    assert out["mrr@5"].item() == pytest.approx((1 / 2 + 1) / 3)

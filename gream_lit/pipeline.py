@@ -1,0 +1,529 @@
+"""Run an experiment's stages in order in one run directory, resumably.
+
+An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a LightningCLI config
+(``model``, ``data``, ``trainer``, optional ``seed_everything``) plus two pipeline keys:
+
+- ``artifacts: {key: relative/path}``: files the stage writes into its own directory (the config
+  tells the module where, e.g. ``model.init_args.output_path: ${stage_dir}/index.json``);
+- ``${...}`` references, resolved just before the stage runs: ``${run_dir}``, ``${stage_dir}``,
+  ``${stages.NAME.dir}`` (or ``.ckpt``: best checkpoint, ``.last_ckpt``), ``${stages.NAME.artifacts.KEY}``,
+  ``${stages.NAME.metrics.KEY}``, and ``${prev.…}`` for the nearest earlier *present* stage that has
+  the item, so dropping a stage hands the next one whatever the stage before it wrote. A default
+  follows ``|`` (``${prev.artifacts.adapter|null}``, parsed as YAML) for when no present stage has it;
+  an earlier stage that has not finished is always an error.
+
+Any mapping may hold ``include: file.yaml`` (or a list): the files are merged under the mapping's own
+keys, paths relative to the including file. A top-level include makes an ablation
+(``include: gream_full.yaml`` + a few overrides); ``stages: {align: null}`` drops a stage.
+``defaults:`` is merged under every stage; top-level ``seed_everything`` (default 0) applies to stages
+lacking one, so a rerun of the same file gives the same metrics.
+
+Layout: ``<runs_root>/<name>/experiment.yaml`` and per stage ``<stage>/config.yaml`` (resolved),
+``checkpoints/last.ckpt``, ``metrics.json`` and a ``DONE`` record. A rerun skips finished stages and
+resumes an unfinished one from ``last.ckpt``; a finished stage whose resolved config changed, or that
+finished before a stage ahead of it was rerun, is an error rather than a silent skip.
+
+    python -m gream_lit fit --config experiments/x.yaml [--stage S] [--seed N] [--set stages.S.trainer.max_epochs=2]
+    python -m gream_lit test runs/x [--stage S]     # re-test each finished stage's best checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+from gream_lit.cli import GreamCLI
+from gream_lit.reporting import print_metric_table
+
+log = logging.getLogger(__name__)
+
+PIPELINE_KEYS = ("artifacts",)
+CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
+LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
+FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
+_REF = re.compile(r"\$\{([^}]*)\}")
+
+
+class PipelineError(ValueError):
+    """A malformed experiment file, a broken reference or an inconsistent run directory."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge recursively, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise PipelineError(f"config file {path} does not exist")
+    with path.open() as f:
+        return yaml.safe_load(f)
+
+
+def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """Replace every ``include:`` by the included files' contents merged under the node's own keys."""
+    if isinstance(node, list):
+        return [resolve_includes(v, base_dir, chain) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    node = dict(node)
+    includes = node.pop("include", None)
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes or []:
+        path = (base_dir / inc).resolve()
+        if path in chain:
+            raise PipelineError(f"include cycle: {' -> '.join(map(str, (*chain, path)))}")
+        content = _read_yaml(path)
+        if not isinstance(content, Mapping):
+            raise PipelineError(f"{path}: an included file must hold a mapping, got {type(content).__name__}")
+        merged = deep_merge(merged, resolve_includes(content, path.parent, (*chain, path)))
+    own = {k: resolve_includes(v, base_dir, chain) for k, v in node.items()}
+    return deep_merge(merged, own)
+
+
+def is_pipeline_file(path: str | Path) -> bool:
+    """True for a YAML mapping with a top-level ``stages`` key (possibly through a top-level include)."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    content = _read_yaml(path)
+    return isinstance(content, Mapping) and "stages" in resolve_includes(content, path.parent.resolve())
+
+
+def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, creating mappings on the way (how sweeps and ``--set`` override)."""
+    keys = dotted.split(".")
+    node = config
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise PipelineError(f"cannot set {dotted!r}: {key!r} holds {child!r}, not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_experiment(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """The merged experiment: includes resolved, overrides applied, dropped stages removed.
+
+    The name is the file's own ``name`` or its stem, never an included file's, so an ablation gets a
+    run directory of its own.
+    """
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    exp = resolve_includes(raw, path.parent)
+    if not isinstance(exp, dict) or not isinstance(exp.get("stages"), Mapping):
+        raise PipelineError(f"{path}: an experiment needs a top-level 'stages' mapping")
+    exp["name"] = raw.get("name", path.stem)
+    for key, value in (overrides or {}).items():
+        set_dotted(exp, key, value)
+    exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
+    if not exp["stages"]:
+        raise PipelineError(f"{path}: every stage was dropped")
+    for name, stage in exp["stages"].items():
+        if not isinstance(stage, Mapping) or "model" not in stage:
+            keys = sorted(stage) if isinstance(stage, Mapping) else stage
+            raise PipelineError(f"{path}: stage {name!r} needs a 'model' (got {keys!r})")
+    if seed is not None:
+        exp["seed_everything"] = seed
+        for stage in exp["stages"].values():
+            stage["seed_everything"] = seed
+    return exp
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """Paths and records of one experiment run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def checkpoint_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "checkpoints"
+
+    def last_ckpt(self, stage: str) -> Path:
+        return self.checkpoint_dir(stage) / "last.ckpt"
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        """The DONE record of a finished stage, else None."""
+        marker = self.stage_dir(stage) / "DONE"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def metrics(self, stage: str) -> dict[str, float]:
+        path = self.stage_dir(stage) / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def experiment(self) -> dict[str, Any]:
+        return _read_yaml(self.root / "experiment.yaml")
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _lookup(run: RunDir, stage: str, path: list[str]) -> Any:
+    """One item of a finished stage: dir, ckpt, last_ckpt, artifacts.KEY, metrics.KEY."""
+    record = run.done(stage)
+    if record is None:
+        raise PipelineError(f"stage {stage!r} has not finished in {run.root}; run it first (without --stage)")
+    head, rest = path[0], ".".join(path[1:])
+    if head in ("dir", "ckpt", "last_ckpt") and not rest:
+        return record[head]
+    if head == "artifacts" and rest in record["artifacts"]:
+        return record["artifacts"][rest]
+    if head == "metrics":
+        metrics = run.metrics(stage)
+        if rest in metrics:
+            return metrics[rest]
+    raise KeyError(f"stage {stage!r} has no {'.'.join(path)!r}")
+
+
+def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str]) -> Any:
+    expr, has_default, default = ref.partition("|")
+    expr = expr.strip()
+    if expr == "run_dir":
+        return str(run.root)
+    if expr == "stage_dir":
+        return str(run.stage_dir(stage))
+    parts = expr.split(".")
+    earlier = list(order[: order.index(stage)])
+    if parts[0] == "stages" and len(parts) >= 3:
+        candidates, path = [parts[1]], parts[2:]
+        if parts[1] not in order:
+            if not has_default:
+                raise PipelineError(f"stage {stage!r}: ${{{ref}}} names stage {parts[1]!r}, absent here")
+            return yaml.safe_load(default)
+    elif parts[0] == "prev" and len(parts) >= 2:
+        candidates, path = list(reversed(earlier)), parts[1:]
+        if path[0] in ("dir", "ckpt", "last_ckpt"):
+            candidates = candidates[:1]
+    else:
+        raise PipelineError(f"stage {stage!r}: cannot parse reference ${{{ref}}}")
+    errors = []
+    for cand in candidates:
+        try:
+            return _lookup(run, cand, path)
+        except KeyError as e:
+            errors.append(str(e.args[0]))
+    if has_default:
+        return yaml.safe_load(default)
+    raise PipelineError(f"stage {stage!r}: ${{{ref}}} unresolved ({'; '.join(errors) or 'no earlier stage'})")
+
+
+def resolve_refs(node: Any, run: RunDir, stage: str, order: Sequence[str]) -> Any:
+    """Substitute ``${...}``; a string that is one whole reference takes the value's own type."""
+    if isinstance(node, Mapping):
+        return {k: resolve_refs(v, run, stage, order) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_refs(v, run, stage, order) for v in node]
+    if not isinstance(node, str):
+        return node
+    whole = _REF.fullmatch(node)
+    if whole:
+        return _resolve_ref(whole.group(1), run, stage, order)
+    return _REF.sub(lambda m: str(_resolve_ref(m.group(1), run, stage, order)), node)
+
+
+# ----------------------------------------------------------------------------- stage configs
+
+
+def _with_checkpointing(trainer: dict[str, Any], ckpt_dir: Path) -> None:
+    """Make the first ModelCheckpoint (added if absent) write ``last.ckpt`` into ``ckpt_dir``."""
+    if trainer.get("enable_checkpointing") is False:
+        return
+    callbacks = trainer.get("callbacks") or []
+    callbacks = [callbacks] if isinstance(callbacks, Mapping) else list(callbacks)
+    for cb in callbacks:
+        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            args = cb.setdefault("init_args", {})
+            break
+    else:
+        args = {}
+        callbacks.append({"class_path": CHECKPOINT_CLASS, "init_args": args})
+    args["dirpath"] = str(ckpt_dir)
+    args["save_last"] = True
+    trainer["callbacks"] = callbacks
+
+
+def _with_logging(trainer: dict[str, Any], stage_dir: Path) -> None:
+    """Keep logs in the stage directory: TensorBoard by default, file loggers' ``save_dir`` moved there.
+
+    A fixed (empty) version makes a resumed stage keep writing to the same log folder.
+    """
+    logger = trainer.get("logger", True)
+    if logger is True or logger is None:
+        args = {"save_dir": str(stage_dir), "name": "tb", "version": ""}
+        trainer["logger"] = {"class_path": LOGGER_CLASS, "init_args": args}
+        return
+    for entry in logger if isinstance(logger, list) else [logger]:
+        if isinstance(entry, Mapping) and str(entry.get("class_path", "")).endswith(FILE_LOGGERS):
+            args = entry.setdefault("init_args", {})
+            args["save_dir"] = str(stage_dir)
+            args.setdefault("version", "")
+
+
+def stage_config(exp: Mapping[str, Any], run: RunDir, stage: str) -> dict[str, Any]:
+    """The LightningCLI config for one stage, references resolved, run-directory paths filled in."""
+    order = list(exp["stages"])
+    raw = deep_merge(exp.get("defaults") or {}, exp["stages"][stage])
+    config = resolve_refs({k: v for k, v in raw.items() if k not in PIPELINE_KEYS}, run, stage, order)
+    config.setdefault("seed_everything", exp.get("seed_everything", 0))
+    trainer = config.setdefault("trainer", {})
+    stage_dir = run.stage_dir(stage)
+    trainer["default_root_dir"] = str(stage_dir)
+    _with_logging(trainer, stage_dir)
+    _with_checkpointing(trainer, run.checkpoint_dir(stage))
+    return config
+
+
+# ----------------------------------------------------------------------------- running one stage
+
+
+class StageCLI(GreamCLI):
+    """GreamCLI that keeps the last validation metrics and takes extra callbacks (a sweep's pruner)."""
+
+    def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
+        self.extra_callbacks = list(extra_callbacks)
+        self.val_metrics: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend(self.extra_callbacks)
+        return trainer
+
+    def after_fit(self) -> None:
+        self.val_metrics = _finite(self.trainer.callback_metrics)
+        super().after_fit()
+
+
+def run_lightning(
+    command: str, config_path: Path, ckpt_path: str | None = None, callbacks: Sequence[L.Callback] = ()
+) -> tuple[L.Trainer, dict[str, float]]:
+    """One LightningCLI command on a saved config; returns the trainer and every finite metric it logged.
+
+    After ``fit`` that is the last validation plus the test of the best checkpoint.
+    """
+    args = [command, "--config", str(config_path)]
+    if ckpt_path:
+        args += ["--ckpt_path", ckpt_path]
+    cli = StageCLI(args=args, save_config_kwargs={"overwrite": True}, extra_callbacks=callbacks)
+    return cli.trainer, {**cli.val_metrics, **_finite(cli.trainer.callback_metrics)}
+
+
+def _check_not_stale(exp: Mapping[str, Any], run: RunDir, stage: str, record: Mapping[str, Any]) -> None:
+    """A finished stage may not be older than a stage before it: its inputs were rebuilt since."""
+    order = list(exp["stages"])
+    for earlier in order[: order.index(stage)]:
+        other = run.done(earlier)
+        if other is not None and other["finished"] > record["finished"]:
+            raise PipelineError(
+                f"stage {stage!r} finished before stage {earlier!r} was rerun, so it used stale inputs; "
+                f"delete {run.stage_dir(stage)} to rerun it"
+            )
+
+
+def run_stage(
+    exp: Mapping[str, Any], run: RunDir, stage: str, callbacks: Sequence[L.Callback] = ()
+) -> dict[str, float]:
+    """Fit (and test) one stage unless it is finished; resume from ``last.ckpt`` when one exists."""
+    config = stage_config(exp, run, stage)
+    stage_dir = run.stage_dir(stage)
+    config_path = stage_dir / "config.yaml"
+    saved = _read_yaml(config_path) if config_path.is_file() else None
+    if saved is not None and saved != config:
+        raise PipelineError(
+            f"stage {stage!r} in {stage_dir} was started with a different config; "
+            f"delete {stage_dir} to rerun it, or use another --run_dir"
+        )
+    record = run.done(stage)
+    if record is not None:
+        _check_not_stale(exp, run, stage, record)
+        log.info("stage %s: finished earlier, skipping (%s)", stage, stage_dir / "DONE")
+        return run.metrics(stage)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    last = run.last_ckpt(stage)
+    resume = str(last) if last.is_file() else None
+    log.info("stage %s: %s", stage, f"resuming from {resume}" if resume else "starting")
+    trainer, metrics = run_lightning("fit", config_path, resume, callbacks)
+    if trainer.is_global_zero:
+        _write_records(exp, run, stage, trainer, metrics, resume)
+    trainer.strategy.barrier("pipeline_stage_done")  # other ranks resolve the next stage from DONE
+    return metrics
+
+
+def _write_records(
+    exp: Mapping[str, Any], run: RunDir, stage: str, trainer: L.Trainer, metrics: dict[str, float], resume: str | None
+) -> None:
+    """``metrics.json`` and the ``DONE`` record that later stages' references and ``report`` read."""
+    stage_dir = run.stage_dir(stage)
+    artifacts = {}
+    for key, rel in (exp["stages"][stage].get("artifacts") or {}).items():
+        path = stage_dir / rel
+        if not path.exists():
+            raise PipelineError(f"stage {stage!r} declared artifact {key!r} at {path} but did not write it")
+        artifacts[key] = str(path)
+    ckpt_cb = trainer.checkpoint_callback
+    last_path = ckpt_cb.last_model_path if ckpt_cb else ""
+    record = {
+        "finished": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "dir": str(stage_dir),
+        "ckpt": (ckpt_cb.best_model_path or last_path) if ckpt_cb else "",
+        "last_ckpt": last_path,
+        "resumed_from": resume,
+        "monitor": ckpt_cb.monitor if ckpt_cb else None,
+        "best_score": _finite({"s": ckpt_cb.best_model_score}).get("s") if ckpt_cb else None,
+        "artifacts": artifacts,
+    }
+    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (stage_dir / "DONE").write_text(json.dumps(record, indent=2))
+
+
+def prepare_run(exp: dict[str, Any], run_dir: str | Path) -> RunDir:
+    """Create the run directory and save the merged experiment (what ``report`` reads)."""
+    run = RunDir(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    (run.root / "experiment.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    return run
+
+
+def run_experiment(
+    exp: dict[str, Any],
+    run_dir: str | Path,
+    only: str | None = None,
+    callbacks: Mapping[str, Sequence[L.Callback]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run every stage (or just ``only``) in order; returns each stage's metrics."""
+    if only is not None and only not in exp["stages"]:
+        raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
+    run = prepare_run(exp, run_dir)
+    results = {}
+    for stage in exp["stages"]:
+        if only is None or stage == only:
+            results[stage] = run_stage(exp, run, stage, (callbacks or {}).get(stage, ()))
+    return results
+
+
+def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str, dict[str, float]]:
+    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``."""
+    exp = run.experiment()
+    results = {}
+    for stage in exp["stages"]:
+        if only is not None and stage != only:
+            continue
+        record = run.done(stage)
+        if record is None:
+            if only is not None:
+                raise PipelineError(f"stage {stage!r} in {run.root} has not finished")
+            log.warning("stage %s: not finished, skipping %s", stage, command)
+            continue
+        _, metrics = run_lightning(command, run.stage_dir(stage) / "config.yaml", record["ckpt"] or None)
+        (run.stage_dir(stage) / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        results[stage] = metrics
+    return results
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--set expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m gream_lit {command}",
+        description="run an experiment pipeline",
+        allow_abbrev=False,
+        add_help=add_help,
+    )
+    p.add_argument("target", nargs="?", help="a finished run directory (validate/test)")
+    p.add_argument("-c", "--config", help="experiment file (top-level 'stages:')")
+    p.add_argument("--stage", help="run only this stage")
+    p.add_argument("--runs_root", default="runs", help="run directories go to <runs_root>/<name>")
+    p.add_argument("--run_dir", help="explicit run directory")
+    p.add_argument("--seed", type=int, help="seed for every stage; the run directory gets a _seed<N> suffix")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.sasrec.trainer.max_epochs=2"
+    )
+    return p
+
+
+def default_run_dir(exp: Mapping[str, Any], runs_root: str | Path, seed: int | None) -> Path:
+    suffix = f"_seed{seed}" if seed is not None else ""
+    return Path(runs_root) / f"{exp['name']}{suffix}"
+
+
+def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
+    """Handle ``fit``/``validate``/``test`` on an experiment file or run directory; None otherwise.
+
+    ``cli.main`` calls this first, so a plain LightningCLI config still goes to LightningCLI.
+    """
+    known, _ = _parser(command, add_help=False).parse_known_args(list(argv))
+    is_run_dir = bool(known.target) and (Path(known.target) / "experiment.yaml").is_file()
+    if not is_run_dir and not (known.config and is_pipeline_file(known.config)):
+        return None
+    args = _parser(command).parse_args(list(argv))
+    if is_run_dir:
+        if command not in ("validate", "test"):
+            raise PipelineError(f"'{command}' on a run directory is not supported; use validate or test")
+        results = evaluate_run(command, RunDir(args.target), args.stage)
+    else:
+        exp = load_experiment(args.config, _parse_set(args.set), args.seed)
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed)
+        if command == "fit":
+            results = run_experiment(exp, run_dir, args.stage)
+        elif command in ("validate", "test"):
+            results = evaluate_run(command, RunDir(run_dir), args.stage)
+        else:
+            raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
+    for stage, metrics in results.items():
+        rank_zero_only(print_metric_table)(metrics, title=f"{command}: stage {stage}")
+    return 0

@@ -1,0 +1,249 @@
+"""The experiment pipeline: includes, references, resumable stage runs through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from gream_lit.cli import main
+from gream_lit.pipeline import PipelineError, is_pipeline_file, load_experiment, resolve_includes, set_dotted
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TinyData(L.LightningDataModule):
+    """y = x @ w on a few random rows; enough to train and evaluate in milliseconds."""
+
+    def __init__(self, n: int = 32, batch_size: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 4, generator=g)
+        self.data = TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]))
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.data, batch_size=self.batch_size)
+
+    test_dataloader = val_dataloader
+
+
+class TinyRegressor(L.LightningModule):
+    """A linear model that can start from the previous stage's weights and write its own."""
+
+    def __init__(
+        self, init_path: str | None = None, out_path: str | None = None, lr: float = 0.05,
+        step_sleep: float = 0.0, log_prefix: str = "tiny",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = torch.nn.Linear(4, 1)
+        if init_path:
+            self.layer.load_state_dict(torch.load(init_path))
+
+    def _loss(self, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.layer(x), y)
+
+    def on_train_start(self) -> None:
+        with open(Path(self.trainer.default_root_dir) / "starts.txt", "a") as f:
+            f.write(f"{self.current_epoch}\n")
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.hparams.step_sleep)
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log(f"{self.hparams.log_prefix}/val/loss", self._loss(batch))
+
+    def test_step(self, batch, batch_idx):
+        self.log(f"{self.hparams.log_prefix}/test/loss", self._loss(batch))
+
+    def on_fit_end(self) -> None:
+        if self.hparams.out_path:
+            torch.save(self.layer.state_dict(), self.hparams.out_path)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0) -> Path:
+    trainer = {
+        "include": str(REPO / "configs/trainer/cpu.yaml"),
+        "max_epochs": max_epochs,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+    }
+    exp = {
+        "name": "tiny",
+        "seed_everything": 3,
+        "defaults": {"data": {"class_path": "test_pipeline.TinyData"}, "trainer": trainer},
+        "stages": {
+            "first": {
+                "model": {
+                    "class_path": "test_pipeline.TinyRegressor",
+                    "init_args": {"out_path": "${stage_dir}/weights.pt", "log_prefix": "first"},
+                },
+                "artifacts": {"weights": "weights.pt"},
+            },
+            "second": {
+                "model": {
+                    "class_path": "test_pipeline.TinyRegressor",
+                    "init_args": {
+                        "init_path": "${prev.artifacts.weights|null}",
+                        "log_prefix": "second",
+                        "step_sleep": step_sleep,
+                    },
+                },
+            },
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def test_includes_merge_under_own_keys_and_null_drops_a_stage(tmp_path):
+    full = tiny_experiment(tmp_path)
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text(
+        "include: tiny.yaml\nname: no_first\nstages:\n  first: null\n  second:\n    model: {init_args: {lr: 0.5}}\n"
+    )
+    exp = load_experiment(ablation)
+    assert exp["name"] == "no_first" and list(exp["stages"]) == ["second"]
+    assert exp["stages"]["second"]["model"]["init_args"]["lr"] == 0.5
+    assert exp["defaults"]["trainer"]["accelerator"] == "cpu"  # from configs/trainer/cpu.yaml
+    assert exp["defaults"]["trainer"]["max_epochs"] == 2  # own key wins over the included piece
+    assert is_pipeline_file(ablation) and is_pipeline_file(full)
+    assert not is_pipeline_file(REPO / "configs/trainer/cpu.yaml")
+
+
+def test_include_cycle_and_bad_override_are_clear_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: b.yaml\nx: 1\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(PipelineError, match="include cycle"):
+        resolve_includes({"include": "a.yaml"}, tmp_path)
+    with pytest.raises(PipelineError, match="not a mapping"):
+        set_dotted({"a": 3}, "a.b", 1)
+
+
+def test_two_stages_hand_off_rerun_skips_and_test_on_run_dir(tmp_path, capsys):
+    exp = tiny_experiment(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    assert main(["fit", "--config", str(exp), "--run_dir", str(run)]) == 0
+    weights = run / "first" / "weights.pt"
+    second_cfg = yaml.safe_load((run / "second" / "config.yaml").read_text())
+    assert second_cfg["model"]["init_args"]["init_path"] == str(weights)
+    assert second_cfg["seed_everything"] == 3
+    metrics = json.loads((run / "second" / "metrics.json").read_text())
+    assert {"second/val/loss", "second/test/loss"} <= set(metrics)
+    done = {s: (run / s / "DONE").read_text() for s in ("first", "second")}
+    assert json.loads(done["first"])["artifacts"] == {"weights": str(weights)}
+
+    assert main(["fit", "--config", str(exp), "--run_dir", str(run)]) == 0
+    assert {s: (run / s / "DONE").read_text() for s in done} == done
+    assert (run / "second" / "starts.txt").read_text() == "0\n"
+
+    assert main(["test", str(run), "--stage", "second"]) == 0
+    tested = json.loads((run / "second" / "test_metrics.json").read_text())
+    assert tested["second/test/loss"] == pytest.approx(metrics["second/test/loss"])
+
+    with pytest.raises(PipelineError, match="different config"):
+        main(["fit", "--config", str(exp), "--run_dir", str(run), "--set", "stages.second.model.init_args.lr=0.2"])
+
+    (run / "first" / "DONE").unlink()  # first reruns (resuming at its end), second is now stale
+    with pytest.raises(PipelineError, match="'second' finished before stage 'first' was rerun"):
+        main(["fit", "--config", str(exp), "--run_dir", str(run)])
+
+
+def test_dropped_stage_leaves_reference_default_and_seed_names_run_dir(tmp_path, monkeypatch):
+    full = tiny_experiment(tmp_path)
+    with pytest.raises(PipelineError, match="'first' has not finished"):
+        main(["fit", "--config", str(full), "--stage", "second", "--run_dir", str(tmp_path / "early")])
+    ablation = tmp_path / "ablation.yaml"
+    ablation.write_text("include: tiny.yaml\nstages: {first: null}\n")  # name: the file stem
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(ablation), "--seed", "7", "--stage", "second"]) == 0
+    cfg = yaml.safe_load((tmp_path / "runs/ablation_seed7/second/config.yaml").read_text())
+    assert cfg["model"]["init_args"]["init_path"] is None and cfg["seed_everything"] == 7
+    saved = yaml.safe_load((tmp_path / "runs/ablation_seed7/experiment.yaml").read_text())
+    assert saved["name"] == "ablation" and saved["seed_everything"] == 7
+
+
+def test_sigkill_mid_stage_then_rerun_resumes_from_last_checkpoint(tmp_path):
+    exp = tiny_experiment(tmp_path, max_epochs=12, step_sleep=0.05)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "gream_lit", "fit", "--config", str(exp), "--run_dir", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run / "second" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "second" / "DONE").exists()
+
+    assert main(["fit", "--config", str(exp), "--run_dir", str(run)]) == 0
+    starts = [int(x) for x in (run / "second" / "starts.txt").read_text().split()]
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] > 0
+    record = json.loads((run / "second" / "DONE").read_text())
+    assert record["resumed_from"] == str(last)
+    assert torch.load(last, weights_only=False)["epoch"] == 11
+
+
+def test_real_baseline_configs_run_as_stages(tmp_path):
+    """MostPop then SASRec, each stage including the repo's single-run experiment file."""
+    data = tmp_path / "toy"
+    data.mkdir()
+    sequences = {str(u): [(u + t) % 12 for t in range(6)] for u in range(24)}
+    (data / "toy.inter.json").write_text(json.dumps(sequences))
+    (data / "toy.item.json").write_text(json.dumps({str(i): {"title": f"item {i}"} for i in range(12)}))
+    toy = {"data": {"init_args": {"data_dir": str(data), "batch_size": 8, "eval_batch_size": 8}}}
+    exp = {
+        "name": "baselines_toy",
+        "stages": {
+            "mostpop": {"include": str(REPO / "experiments/mostpop_scientific.yaml"), **toy},
+            "sasrec": {
+                "include": str(REPO / "experiments/sasrec_scientific.yaml"),
+                "trainer": {"max_epochs": 2},
+                "model": {"init_args": {"hidden": 16, "layers": 1}},
+                **toy,
+            },
+        },
+    }
+    path = tmp_path / "baselines_toy.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(path), "--run_dir", str(run)]) == 0
+    for stage in ("mostpop", "sasrec"):
+        metrics = json.loads((run / stage / "metrics.json").read_text())
+        assert 0.0 <= metrics[f"{stage}/test/ndcg@10"] <= 1.0
+    record = json.loads((run / "sasrec" / "DONE").read_text())
+    assert Path(record["ckpt"]).name.startswith("best-epoch=") and Path(record["last_ckpt"]).is_file()
+    assert list((run / "sasrec" / "sasrec_scientific").glob("events.out.tfevents*"))
+
+
+@pytest.mark.parametrize("piece", sorted(p.name for p in (REPO / "configs/trainer").glob("*.yaml")))
+def test_trainer_pieces_parse_as_trainer_arguments(piece):
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    parser.add_lightning_class_args(L.Trainer, "trainer")
+    cfg = parser.parse_object({"trainer": yaml.safe_load((REPO / "configs/trainer" / piece).read_text())})
+    assert cfg.trainer.accelerator in ("cpu", "gpu")

@@ -1,0 +1,77 @@
+"""The report command on hand-written run directories with hand-computed aggregates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from gream_lit.cli import main
+from gream_lit.pipeline import PipelineError
+from gream_lit.report import flatten, mean_std, write_report
+
+
+def fake_run(root: Path, name: str, seed: int, ndcg: float, lr: float = 0.001) -> Path:
+    run = root / f"{name}_seed{seed}"
+    (run / "sasrec").mkdir(parents=True)
+    (run / "experiment.yaml").write_text(yaml.safe_dump({"name": name, "stages": {"sasrec": {"model": {}}}}))
+    model = {"class_path": "m.SASRec", "init_args": {"lr": lr, "dims": [1, 2]}}
+    cfg = {"seed_everything": seed, "model": model, "data": "m.Data"}
+    (run / "sasrec" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    metrics = {"sasrec/test/ndcg@10": ndcg, "sasrec/val/ndcg@10": ndcg + 0.01}
+    (run / "sasrec" / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_mean_and_sample_std_by_hand():
+    assert mean_std([0.1, 0.3]) == pytest.approx((0.2, math.sqrt(0.02)))
+    assert mean_std([2.0]) == (2.0, 0.0)
+    assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+
+
+def test_flatten_nested_and_lists():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
+
+
+def test_report_groups_seeds_writes_table_plots_and_hparams(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "full", 1, 0.1)
+    fake_run(runs, "full", 2, 0.3)
+    single = fake_run(runs, "no_align", 1, 0.5, lr=0.01)
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+
+    table = pd.read_csv(out / "report.csv")
+    assert list(table["experiment"]) == ["full", "no_align"] and list(table["runs"]) == [2, 1]
+    assert table["sasrec/test/ndcg@10"].tolist() == pytest.approx([0.2, 0.5])
+    assert table["sasrec/test/ndcg@10_std"].tolist() == pytest.approx([math.sqrt(0.02), 0.0])
+    assert "sasrec/val/ndcg@10" not in table  # default pattern keeps test metrics
+    md = (out / "report.md").read_text()
+    assert "| full | 2 | 0.2000 ± 0.1414 |" in md and "| no_align | 1 | 0.5000 |" in md
+    assert (out / "sasrec_test_ndcg@10.png").stat().st_size > 0
+
+    tb = EventAccumulator(str(out / "tensorboard" / f"no_align__{single.name}"))
+    tb.Reload()
+    assert tb.Scalars("sasrec/test/ndcg@10")[0].value == pytest.approx(0.5)
+    content = tb.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["sasrec.model.lr"].number_value == pytest.approx(0.01)
+    assert start.hparams["sasrec.seed"].number_value == 1
+    assert start.hparams["sasrec.model"].string_value == "m.SASRec"
+    assert start.hparams["sasrec.data"].string_value == "m.Data"
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert "sasrec/test/ndcg@10" in [m.name.tag for m in experiment.metric_infos]
+
+
+def test_report_errors_name_the_problem(tmp_path):
+    fake_run(tmp_path / "runs", "full", 1, 0.1)
+    with pytest.raises(PipelineError, match="no metric matches"):
+        write_report([tmp_path / "runs"], tmp_path / "out", ["*/nothing/*"])
+    with pytest.raises(PipelineError, match="neither a run directory"):
+        write_report([tmp_path], tmp_path / "out")
