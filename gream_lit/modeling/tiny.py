@@ -37,3 +37,41 @@ def tiny_causal_lm(
     else:
         raise ValueError(f"unknown tiny arch {arch!r}; expected llama or qwen2")
     return model.eval()
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """A byte-level tokenizer (256 byte tokens, no merges) with ChatML special tokens and template.
+
+    Encodes any text, loads in milliseconds and behaves like a real chat tokenizer for added special
+    tokens, so tests need neither the hub nor the SmolLM2 GGUF.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.add_tokens(["<|im_start|>"], special_tokens=True)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_backbone(folder, arch: str = "llama", hidden_size: int = 64, num_layers: int = 2) -> str:
+    """Write a tiny random chat model + tokenizer folder that ``load_backbone`` reads like any HF model."""
+    tokenizer = tiny_chat_tokenizer()
+    model = tiny_causal_lm(
+        len(tokenizer), arch, hidden_size=hidden_size, num_layers=num_layers,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
