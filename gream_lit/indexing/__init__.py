@@ -1,0 +1,1 @@
+"""Semantic-ID indexing: item text embeddings, quantisers (RQ-VAE, residual k-means), collisions, reports."""

@@ -1,0 +1,78 @@
+"""Embeddings -> collision-free SemanticIndex with a residual k-means quantiser (plain or balanced)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate, resolve_collisions
+from gream_lit.indexing.embed import check_embeddings
+from gream_lit.indexing.kmeans import residual_kmeans
+from gream_lit.indexing.semantic_index import SemanticIndex
+
+METHODS = ("rqkmeans", "balanced_rqkmeans")
+
+
+@dataclass
+class BuildConfig:
+    """What ``index build`` needs; defaults follow GREAM's code (4 balanced levels of 256, rank suffix)."""
+
+    method: str = "balanced_rqkmeans"
+    levels: int = 4
+    codebook_size: int = 256
+    collision: str = "rank"
+    seed: int = 42
+    max_iter: int = 30
+    tol: float = 1e-4
+    n_init: int = 1
+    style: str = "gream"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown quantiser {self.method!r}; expected one of {METHODS}")
+        if self.collision not in COLLISION_MODES:
+            raise ValueError(f"unknown collision mode {self.collision!r}; expected one of {COLLISION_MODES}")
+        if self.levels < 1 or self.codebook_size < 2:
+            raise ValueError(f"need levels >= 1 and codebook_size >= 2, got {self.levels} and {self.codebook_size}")
+
+
+@dataclass
+class BuildResult:
+    index: SemanticIndex
+    codes_before: np.ndarray  # the quantiser's codes, before collision handling
+    quant_errors: list[float]
+    seconds: float
+
+
+def finalize_index(
+    codes: np.ndarray, codebook_sizes: list[int], collision: str, last_cost: np.ndarray | None, style: str, meta: dict
+) -> SemanticIndex:
+    """Resolve collisions and wrap the codes; shared by the k-means builders and the RQ-VAE module."""
+    final, sizes = resolve_collisions(codes, codebook_sizes, collision, last_cost)
+    meta = {**meta, "collision": collision, "base_levels": codes.shape[1], "collision_rate_before": collision_rate(codes)}
+    return SemanticIndex(final, sizes, style=style, meta=meta)
+
+
+def build_index(emb: np.ndarray, cfg: BuildConfig) -> BuildResult:
+    """Quantise ``emb`` level by level, then make the IDs unique; same seed -> same index."""
+    emb = check_embeddings(emb)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    rq = residual_kmeans(
+        emb,
+        cfg.levels,
+        cfg.codebook_size,
+        balanced=cfg.method == "balanced_rqkmeans",
+        seed=cfg.seed,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+        n_init=cfg.n_init,
+    )
+    seconds = time.perf_counter() - start
+    index = finalize_index(
+        rq.codes, [cfg.codebook_size] * cfg.levels, cfg.collision, rq.last_cost, cfg.style, {"build": asdict(cfg)}
+    )
+    return BuildResult(index, rq.codes, rq.errors, seconds)
