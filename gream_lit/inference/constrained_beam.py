@@ -1,0 +1,200 @@
+"""Exact-score constrained beam search over semantic IDs, batched over users.
+
+Why not ``model.generate``: HF beam search copies each prompt once per beam before the prefill and
+calls a Python ``prefix_allowed_tokens_fn`` per beam per step. Here each prompt is prefilled once, the
+KV cache is expanded to the beams, and every step looks up the allowed tokens of all beams of all users
+with one gather on dense tables (``prefix_tables``). Scores are sums of true log-probs: log-softmax over
+the full vocabulary first, then the mask. Works for decoder-only LMs (plain or peft-wrapped) and for
+encoder-decoders (TIGER's T5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from gream_lit.inference.prefix_tables import PrefixTables
+
+
+@dataclass
+class BeamResult:
+    """Top hypotheses per user, best first.
+
+    Attributes:
+        items: ``[B, num_beams]`` item indices; ``-1`` where fewer hypotheses exist or (per-position
+            rule) the decoded ID is no catalogue item.
+        scores: ``[B, num_beams]`` sequence log-probs (sum over steps); ``-inf`` for missing hypotheses.
+        tokens: ``[B, num_beams, steps]`` decoded token ids.
+    """
+
+    items: torch.Tensor
+    scores: torch.Tensor
+    tokens: torch.Tensor
+
+
+class _Stepper:
+    """Runs the model: one prefill per prompt, then one-token steps over ``B * num_beams`` rows."""
+
+    def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        self.model = model
+        self.enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.mask = attention_mask
+        self.cache = None
+        self.encoder_outputs = None
+        self.positions: torch.Tensor | None = None
+        self.input_ids = input_ids
+
+    def prefill(self) -> torch.Tensor:
+        """Last-position logits ``[B, V]`` of every prompt."""
+        if self.enc_dec:
+            self.encoder_outputs = self.model.get_encoder()(input_ids=self.input_ids, attention_mask=self.mask)
+            start = torch.full(
+                (self.input_ids.shape[0], 1), self.model.config.decoder_start_token_id, device=self.input_ids.device
+            )
+            out = self.model(
+                encoder_outputs=self.encoder_outputs, attention_mask=self.mask, decoder_input_ids=start, use_cache=True
+            )
+        else:
+            self.positions = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=self.input_ids,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            self.positions = self.positions[:, -1:]
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+    def expand(self, num_beams: int) -> None:
+        """Repeat the prompt state to ``num_beams`` rows per user (user-major order)."""
+        self.cache.batch_repeat_interleave(num_beams)
+        self.mask = self.mask.repeat_interleave(num_beams, dim=0)
+        if self.enc_dec:
+            hidden = self.encoder_outputs.last_hidden_state.repeat_interleave(num_beams, dim=0)
+            self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=hidden)
+        else:
+            self.positions = self.positions.repeat_interleave(num_beams, dim=0)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Point every beam row at its parent's cache.
+
+        A parent is always a beam of the same user, so the prompt part of the cache (and an
+        encoder-decoder's cross-attention cache) is already right: only the generated suffix is
+        gathered, instead of copying the whole cache every step as HF ``reorder_cache`` does.
+        """
+        if self.enc_dec:
+            self.cache.self_attention_cache.reorder_cache(rows)
+            return
+        start = self.input_ids.shape[1]
+        for layer in self.cache.layers:
+            if type(layer) is DynamicLayer:
+                layer.keys[:, :, start:] = layer.keys[:, :, start:].index_select(0, rows)
+                layer.values[:, :, start:] = layer.values[:, :, start:].index_select(0, rows)
+            else:  # sliding-window, static or quantised layers keep their own layout
+                layer.reorder_cache(rows)
+
+    def step(self, tokens: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """Reorder the cache to the surviving ``rows`` and feed one token per row; logits ``[N, V]``."""
+        if rows is not None:
+            self.reorder(rows)
+        tokens = tokens.reshape(-1, 1)
+        if self.enc_dec:
+            out = self.model(
+                encoder_outputs=self.encoder_outputs,
+                attention_mask=self.mask,
+                decoder_input_ids=tokens,
+                cache=self.cache,
+                use_cache=True,
+            )
+        else:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+            self.positions = self.positions + 1
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=self.mask,
+                position_ids=self.positions,
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+def _select(cand: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``num_beams`` of ``[B, C]`` candidate scores, stable on ties; pads with ``-inf`` when C < beams."""
+    if cand.shape[1] < num_beams:
+        pad = cand.new_full((cand.shape[0], num_beams - cand.shape[1]), float("-inf"))
+        cand = torch.cat([cand, pad], dim=1)
+    scores, idx = torch.sort(cand, dim=1, descending=True, stable=True)
+    return scores[:, :num_beams], idx[:, :num_beams]
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    tables: PrefixTables,
+    num_beams: int = 10,
+) -> BeamResult:
+    """Beam search restricted by ``tables`` for a batch of prompts.
+
+    Args:
+        model: HF causal LM (plain or peft) or encoder-decoder, in eval mode, on the prompts' device.
+        input_ids: ``[B, T]`` prompts, **left-padded** for causal LMs (any padding for encoder-decoders).
+        attention_mask: ``[B, T]`` 1 for real tokens.
+        tables: transition tables on the model's device (``build_prefix_tables(...).to(device)``).
+        num_beams: hypotheses kept per user; may exceed the number of valid IDs (extra slots get
+            item ``-1`` and score ``-inf``). With ``num_beams >= n_items`` the trie result is the exact
+            full ranking of the catalogue by sequence log-prob.
+
+    Raises:
+        RuntimeError: a user is left with no live hypothesis (an empty allowed set); the search never
+            falls back to unconstrained generation.
+    """
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask must both be [B, T]")
+    batch = input_ids.shape[0]
+    stepper = _Stepper(model, input_ids, attention_mask)
+    logits = stepper.prefill()
+    beam_scores = logits.new_zeros((batch, 1), dtype=torch.float32)
+    states = torch.zeros((batch, 1), dtype=torch.long, device=input_ids.device)
+    seqs = torch.zeros((batch, 1, 0), dtype=torch.long, device=input_ids.device)
+    alive_ok = torch.ones((), dtype=torch.bool, device=input_ids.device)
+    for t in range(tables.steps):
+        logp = logits.float().log_softmax(-1).view(batch, states.shape[1], -1)
+        tok = tables.tokens[t][states]  # [B, b, M]
+        valid = tables.valid[t][states]
+        gain = logp.gather(-1, tok)
+        gain = torch.where(tables.scored[t][states].unsqueeze(-1), gain, torch.zeros_like(gain))
+        cand = torch.where(valid, beam_scores.unsqueeze(-1) + gain, torch.full_like(gain, float("-inf")))
+        width = tok.shape[-1]
+        alive_ok &= ~(torch.isfinite(beam_scores) & ~valid.any(-1)).any()
+        flat = cand.flatten(1)
+        beam_scores, idx = _select(flat, num_beams)
+        alive_ok &= torch.isfinite(beam_scores[:, 0]).all()
+        idx = idx.clamp(max=flat.shape[1] - 1)  # padding slots (score -inf) may point at any real candidate
+        parent = idx // width
+        chosen = tok.flatten(1).gather(1, idx)
+        states = tables.next_state[t][states].flatten(1).gather(1, idx)
+        seqs = torch.cat([seqs.gather(1, parent.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])), chosen.unsqueeze(-1)], 2)
+        if t == tables.steps - 1:
+            break
+        if t == 0:
+            stepper.expand(num_beams)
+            rows = None
+        else:
+            rows = (parent + torch.arange(batch, device=parent.device).unsqueeze(1) * num_beams).flatten()
+        logits = stepper.step(chosen, rows)
+    if not bool(alive_ok):
+        raise RuntimeError("constrained decoding left a user with no allowed continuation (empty allowed set)")
+    items = tables.leaf_item[states] if tables.leaf_item is not None else tables.sequence_items(seqs)
+    items = torch.where(torch.isfinite(beam_scores), items, torch.full_like(items, -1))
+    return BeamResult(items=items, scores=beam_scores, tokens=seqs)
