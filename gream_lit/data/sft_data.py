@@ -1,0 +1,287 @@
+"""Alignment SFT data: task samples -> chat-templated token ids with assistant-only labels.
+
+The module reading these batches (``SFTModule``) is data-agnostic; it relies on this protocol:
+``tokenizer`` (with the ID tokens), ``index`` (SemanticIndex), ``backbone`` (model the tokenizer came
+from), ``item_texts()`` (one text per item, for embedding init); train batches hold ``input_ids``,
+``attention_mask``, ``labels``; validation/test batches hold left-padded prompt ``input_ids``,
+``attention_mask`` and the ``target`` item.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.split import Sample
+from gream_lit.data.tasks import (
+    DIRECT_EVAL_TEMPLATE,
+    SYSTEM_PROMPT,
+    TaskContext,
+    TaskSample,
+    build_alignment_samples,
+    load_side_info,
+    parse_task_specs,
+)
+from gream_lit.data.tasks.builders import clean_title
+from gream_lit.data.tasks.templates import ITEM2INDEX
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_tokenizer
+from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+def answer_text(tokenizer, response: str) -> str:
+    """What the chat template writes after the generation prompt for ``response``, up to and
+    including the end-of-turn token (the text the loss is on, spec §5.4)."""
+    user = [{"role": "user", "content": "x"}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(f"{tokenizer.name_or_path}: chat template does not extend the generation prompt")
+    suffix = full[len(prompt) :]
+    end = suffix.rfind(tokenizer.eos_token)
+    if end < 0:
+        raise ValueError(f"{tokenizer.name_or_path}: chat template does not end the answer with {tokenizer.eos_token!r}")
+    return suffix[: end + len(tokenizer.eos_token)]
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def fit_prompt(tokenizer, sample: TaskSample, system: str | None, budget: int) -> list[int] | None:
+    """Prompt ids within ``budget`` tokens, dropping the oldest history items (at least one is kept
+    when the sample has a history); ``None`` when even that does not fit."""
+    keep_min = 1 if sample.history else 0
+    for drop in range(len(sample.history) - keep_min + 1):
+        ids = prompt_ids(tokenizer, sample.messages(system, drop)[:-1])
+        if len(ids) <= budget:
+            return ids
+    return None
+
+
+def encode_sample(tokenizer, sample: TaskSample, system: str | None, max_length: int) -> dict | None:
+    """``input_ids`` and ``labels`` (``-100`` on system+user) of one sample, or ``None`` if it cannot
+    fit ``max_length`` without cutting the instruction or the answer."""
+    answer = tokenizer(answer_text(tokenizer, sample.response), add_special_tokens=False)["input_ids"]
+    prompt = fit_prompt(tokenizer, sample, system, max_length - len(answer))
+    if prompt is None:
+        return None
+    return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, sort inside windows of ``window`` batches, shuffle batches.
+
+    Cuts padding several-fold against random batches while keeping the order random. Single-process
+    only (it replaces the sampler, so Lightning cannot insert a DistributedSampler). Lightning only
+    calls ``set_epoch`` on samplers, not batch samplers, so each ``__iter__`` also advances the epoch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, window: int = 50, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.window, self.seed, self.epoch = list(lengths), batch_size, window, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class AlignmentDataModule(CatalogDataModule):
+    """Alignment SFT data (spec §5.1, §5.4) plus direct-mode evaluation prompts.
+
+    Args:
+        index_path: semantic-ID index (``.index.json``) of the catalogue's items.
+        backbone: model whose tokenizer and chat template encode the samples.
+        tasks: per-task overrides ``{task: {enabled, prompt_samples, data_samples}}`` of
+            ``DEFAULT_TASKS``; a task set to ``{enabled: false}`` is off.
+        passes: how many times the task set is rebuilt with fresh templates (GREAM: 3).
+        side_info_path: teacher ``<D>.user.json`` for itemsearch/preferenceobtain (skipped without).
+        max_length: token budget per sample; longer prompts lose their oldest history items.
+        val_users: random subset of users for validation (0 = all); test uses ``max_eval_users``.
+        eval_system_prompt: system turn of evaluation prompts; GREAM uses none at test time (``null``),
+            the default matches training.
+        extend_vocab: add the index tokens to the tokenizer; ``False`` requires them to be there
+            already (evaluating a trained model) and fails clearly otherwise.
+        bucket_window: batches per length-sorting window (0 = plain shuffle).
+        item2index_probe: also evaluate title -> ID on this many random training items (0 = off):
+            a second validation/test set named ``item2index`` whose recall@1 is exact-ID accuracy.
+        seed: template and subset sampling seed.
+    """
+
+    def __init__(
+        self,
+        index_path: str,
+        backbone: str = DEFAULT_BACKBONE,
+        tasks: dict[str, dict] | None = None,
+        passes: int = 1,
+        side_info_path: str | None = None,
+        max_length: int = 512,
+        val_users: int = 200,
+        eval_system_prompt: str | None = SYSTEM_PROMPT,
+        extend_vocab: bool = True,
+        bucket_window: int = 50,
+        item2index_probe: int = 0,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        self.index_path = index_path
+        self.backbone = backbone
+        self.task_specs = parse_task_specs(tasks)
+        self.passes = passes
+        self.side_info_path = side_info_path
+        self.max_length = max_length
+        self.val_users = val_users
+        self.eval_system_prompt = eval_system_prompt
+        self.extend_vocab = extend_vocab
+        self.bucket_window = bucket_window
+        self.item2index_probe = item2index_probe
+        self.seed = seed
+        self.tokenizer = None
+        self.index: SemanticIndex | None = None
+        self.train_data: list[dict] | None = None
+        self.eval_data: dict[str, list[dict]] = {}
+
+    def item_texts(self) -> list[str]:
+        return [clean_title(it.get("title", "")) for it in self.catalog.items]
+
+    def _prepare_vocab(self) -> None:
+        if self.tokenizer is not None:
+            return
+        self.index = SemanticIndex.from_json(self.index_path, n_items=self.catalog.n_items)
+        self.tokenizer = load_tokenizer(self.backbone)
+        if self.extend_vocab:
+            add_index_tokens(self.tokenizer, self.index)
+        else:
+            require_index_tokens(self.tokenizer, self.index)
+
+    def _sids(self) -> list[str]:
+        return [self.index.item_string(i) for i in range(self.index.n_items)]
+
+    def build_datasets(self, stage: str | None) -> None:
+        self._prepare_vocab()
+        if stage in (None, "fit") and self.train_data is None:
+            side = load_side_info(self.side_info_path, self.catalog) if self.side_info_path else {}
+            ctx = TaskContext(self.catalog, self._sids(), self.split.train, side, self.max_history)
+            samples = build_alignment_samples(ctx, self.task_specs, self.seed, self.passes)
+            encoded = [encode_sample(self.tokenizer, s, SYSTEM_PROMPT, self.max_length) for s in samples]
+            self.train_data = [e for e in encoded if e is not None]
+            if len(self.train_data) < len(samples):
+                log.warning(
+                    "dropped %d samples whose answer plus a one-item prompt exceed max_length=%d",
+                    len(samples) - len(self.train_data),
+                    self.max_length,
+                )
+            lengths = [len(e["input_ids"]) for e in self.train_data]
+            log.info("alignment train set: %d samples, mean %.1f tokens", len(lengths), sum(lengths) / len(lengths))
+        if stage in (None, "fit", "validate") and "valid" not in self.eval_data:
+            valid = self.split.valid
+            if self.val_users and self.val_users < len(valid):
+                valid = random.Random(self.seed).sample(valid, self.val_users)
+            self.eval_data["valid"] = self._encode_eval(valid)
+        if stage in (None, "test", "predict") and "test" not in self.eval_data:
+            self.eval_data["test"] = self._encode_eval(self.eval_samples("test"))
+        if self.item2index_probe and "item2index" not in self.eval_data:
+            self.eval_data["item2index"] = self._encode_probe()
+
+    def eval_set_names(self) -> list[str]:
+        """Names of the evaluation dataloaders, in order (``direct`` = next-item recommendation)."""
+        return ["direct", "item2index"] if self.item2index_probe else ["direct"]
+
+    def _encode_probe(self) -> list[dict]:
+        trained = sorted({i for seq in self.catalog.sequences for i in seq[:-2]})
+        items = random.Random(self.seed).sample(trained, min(self.item2index_probe, len(trained)))
+        sids, out = self._sids(), []
+        for item in items:
+            title = clean_title(self.catalog.title(item))
+            sample = TaskSample("item2index", ITEM2INDEX[0][1], (), sids[item], {"title": title})
+            ids = fit_prompt(self.tokenizer, sample, self.eval_system_prompt, self.max_length)
+            if ids is None:
+                raise ValueError(f"item2index probe prompt of item {item} exceeds max_length={self.max_length}")
+            out.append({"input_ids": ids, "target": item})
+        return sorted(out, key=lambda r: len(r["input_ids"]))
+
+    def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
+        """Direct-mode prompt: the fixed seq-rec template over the user's history."""
+        return TaskSample("seqrec", DIRECT_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
+
+    def _encode_eval(self, samples: list[Sample]) -> list[dict]:
+        sids = self._sids()
+        out = []
+        for s in samples:
+            ids = fit_prompt(self.tokenizer, self.eval_prompt(s, sids), self.eval_system_prompt, self.max_length)
+            if ids is None:
+                raise ValueError(f"user {s.user}: evaluation prompt exceeds max_length={self.max_length} with one item")
+            out.append({"input_ids": ids, "target": s.target})
+        return sorted(out, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding
+
+    def _collate_train(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids = pad([r["input_ids"] for r in rows], self.tokenizer.pad_token_id)
+        return {
+            "input_ids": ids,
+            "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0),
+            "labels": pad([r["labels"] for r in rows], IGNORE),
+        }
+
+    def _collate_eval(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": pad([r["input_ids"] for r in rows], self.tokenizer.pad_token_id, left=True),
+            "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0, left=True),
+            "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        common = {"collate_fn": self._collate_train, "num_workers": self.num_workers}
+        if self.bucket_window:
+            lengths = [len(r["input_ids"]) for r in self.train_data]
+            sampler = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed)
+            return DataLoader(self.train_data, batch_sampler=sampler, **common)
+        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, **common)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self.eval_data[split],
+            batch_size=self.eval_batch_size,
+            collate_fn=self._collate_eval,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.item2index_probe:
+            return [self._eval_loader("valid"), self._eval_loader("item2index")]
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.item2index_probe:
+            return [self._eval_loader("test"), self._eval_loader("item2index")]
+        return self._eval_loader("test")

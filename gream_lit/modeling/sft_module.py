@@ -1,0 +1,204 @@
+"""Supervised fine-tuning of the LM on chat samples (alignment and curriculum stages, spec §6).
+
+Data-agnostic: the datamodule supplies the tokenizer (with ID tokens), the index and batches (see
+``gream_lit.data.sft_data``). Validation/test run direct-mode recommendation: constrained beam search
+over the index's IDs, then Recall/NDCG/MRR@K over the full catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
+from gream_lit.metrics import ranking_metrics
+from gream_lit.modeling.backbone import resolve
+from gream_lit.modeling.lora import LoraOptions, apply_lora
+from gream_lit.modeling.vocab import extend_model_vocab
+
+log = logging.getLogger(__name__)
+CONSTRAINTS = ("trie", "per_position")
+
+
+def assistant_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions; the vocabulary projection runs only on
+    the hidden states that predict a label (a few % of a chat sample), not on the whole sequence."""
+    targets = labels[:, 1:]
+    mask = targets != -100
+    if not mask.any():
+        raise ValueError("batch has no labelled (assistant) tokens")
+    logits = head(hidden[:, :-1][mask]).float()
+    return F.cross_entropy(logits, targets[mask])
+
+
+class SFTModule(L.LightningModule):
+    """Causal-LM SFT with LoRA (or full fine-tuning) and direct-mode ranking evaluation.
+
+    Args:
+        model_path: HF name/path or GGUF alias of the weights to start from (e.g. a previous stage's
+            ``hf/model``); ``None`` uses the datamodule's ``backbone``, whose tokenizer built the data.
+        lora: LoRA options; ``None`` fine-tunes all parameters.
+        embedding_init: init of new ID-token rows: ``hf_default`` or ``text_mean`` (see ``vocab``).
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of optimizer steps of linear warm-up before the cosine decay.
+        num_beams: beams (= ranked list length) of the constrained search.
+        constraint: ``trie`` (only catalogue IDs) or ``per_position`` (the official rule, spec §8.1).
+        ks: cut-offs of the ranking metrics.
+        stage: first part of the log keys (``sft/val/ndcg@10``).
+        export_merged: at the end of fit also write the LoRA-merged model (plain transformers).
+        export_dir: where the hand-off folders go (``adapter/``, ``model/``); ``None`` = ``<log_dir>/hf``.
+            Pipelines point it at the stage directory so the next stage can find ``model/``.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        lora: LoraOptions | None = None,
+        embedding_init: str = "hf_default",
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1,
+        num_beams: int = 10,
+        constraint: str = "trie",
+        ks: tuple[int, ...] = (1, 5, 10),
+        stage: str = "sft",
+        export_merged: bool = True,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"unknown constraint {constraint!r}; expected one of {CONSTRAINTS}")
+        self.save_hyperparameters()
+        self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.tables = None
+        self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        dm = self.trainer.datamodule
+        if getattr(dm, "tokenizer", None) is None or getattr(dm, "index", None) is None:
+            raise ValueError("SFTModule needs a datamodule exposing `tokenizer` and `index` (e.g. AlignmentDataModule)")
+        self.tokenizer, index = dm.tokenizer, dm.index
+        name = self.hparams.model_path or dm.backbone
+        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        texts = dm.item_texts() if self.hparams.embedding_init == "text_mean" else None
+        token_ids = extend_model_vocab(model, self.tokenizer, index, self.hparams.embedding_init, texts)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora, token_ids)
+        self.model = model.train()  # from_pretrained returns eval mode; Lightning switches modes per loop
+        item_ids = index_token_ids(index, self.tokenizer)
+        build = build_prefix_tables if self.hparams.constraint == "trie" else build_per_position_tables
+        self.tables = build(item_ids, self.tokenizer.eos_token_id)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("backbone %s: %d ID tokens, %d trainable parameters", name, len(token_ids), n_train)
+
+    def _causal_lm(self) -> torch.nn.Module:
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        lm = self._causal_lm()
+        hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        loss = assistant_token_loss(hidden, batch["labels"], lm.get_output_embeddings())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log(f"{self.hparams.stage}/train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def recommend(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, num_beams]`` ranked items for a batch of direct-mode prompts."""
+        if self.tables.tokens[0].device != self.device:
+            self.tables = self.tables.to(self.device)
+        result = constrained_beam_search(
+            self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams
+        )
+        return result.items
+
+    def _metrics(self, split: str, dataloader_idx: int):
+        """Ranking metrics of one evaluation set; sets other than the datamodule's first
+        (``eval_set_names``, e.g. ``item2index``) log under ``stage/split/<name>/``."""
+        key = (split, dataloader_idx)
+        if key not in self.eval_metrics:
+            names = getattr(self.trainer.datamodule, "eval_set_names", lambda: ["direct"])()
+            suffix = f"{names[dataloader_idx]}/" if dataloader_idx else ""
+            prefix = f"{self.hparams.stage}/{split}/{suffix}"
+            self.eval_metrics[key] = ranking_metrics(self.hparams.ks, prefix=prefix).to(self.device)
+        return self.eval_metrics[key]
+
+    def _log_eval(self, split: str) -> None:
+        for (s, _), metrics in self.eval_metrics.items():
+            if s == split and any(m.update_count for m in metrics.values()):
+                self.log_dict(metrics.compute(), add_dataloader_idx=False)
+                metrics.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._metrics("val", dataloader_idx).update(self.recommend(batch), batch["target"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._metrics("test", dataloader_idx).update(self.recommend(batch), batch["target"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # hand-off artefacts (design §5): save_pretrained folders next to the Lightning checkpoints
+    def export_path(self) -> Path:
+        if self.hparams.export_dir:
+            return Path(self.hparams.export_dir)
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf"
+
+    def save_handoff(self, merged: bool) -> Path:
+        """Write ``hf/adapter`` (LoRA) or ``hf/model`` (full FT) with the tokenizer; with ``merged``
+        also ``hf/model`` for LoRA (adapter merged into a copy of the base weights)."""
+        out = self.export_path()
+        if isinstance(self.model, PeftModel):
+            # trainable ID-token rows are stored as values, which a freshly resized base takes over;
+            # untrained new rows would be random in that base, so then the whole embedding is saved
+            full_embedding = not (self.lora is not None and self.lora.train_new_tokens)
+            self.model.save_pretrained(out / "adapter", save_embedding_layers=full_embedding)
+            self.tokenizer.save_pretrained(out / "adapter")
+            if merged:
+                merge_adapter(out / "adapter", out / "model")
+        else:
+            self.model.save_pretrained(out / "model")
+            self.tokenizer.save_pretrained(out / "model")
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.trainer.is_global_zero:
+            self.save_handoff(merged=False)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            log.info("hand-off artefacts written to %s", self.save_handoff(merged=self.hparams.export_merged))
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> None:
+    """Load an adapter with plain transformers + peft (base resized to the saved tokenizer), merge it
+    and save a standalone model + tokenizer; doubles as a check that the adapter folder loads."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
+    model.merge_and_unload().save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)

@@ -1,0 +1,150 @@
+"""Alignment task builders, chat encoding (labels, truncation) and length bucketing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from gream_lit.data.catalog import Catalog
+from gream_lit.data.sft_data import BucketBatchSampler, encode_sample
+from gream_lit.data.split import leave_one_out
+from gream_lit.data.tasks import TaskContext, TaskSample, build_alignment_samples, load_side_info, parse_task_specs
+from gream_lit.data.tasks.builders import clean_title
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.modeling.tiny import tiny_chat_tokenizer
+from gream_lit.modeling.vocab import add_index_tokens
+
+ONLY = {"seqrec", "item2index", "index2item", "fusionseqrec", "itemsearch", "preferenceobtain"}
+
+
+def toy_catalog() -> Catalog:
+    items = [{"title": f"Widget {i}!", "description": f"Thing {i}." if i % 2 else ""} for i in range(6)]
+    sequences = [[0, 1, 2, 3, 4], [5, 4, 3], [1, 3, 5, 0, 2, 4]]
+    return Catalog("toy", sequences, items, [str(i) for i in range(6)], ["u0", "u1", "u2"])
+
+
+def toy_context(side_info=None) -> TaskContext:
+    cat = toy_catalog()
+    index = SemanticIndex(np.array([[i % 3, i // 3] for i in range(6)]), [3, 2])
+    sids = [index.item_string(i) for i in range(6)]
+    return TaskContext(cat, sids, leave_one_out(cat).train, side_info or {})
+
+
+def only(*enabled: str, **overrides) -> dict:
+    cfg = {name: {"enabled": name in enabled} for name in ONLY}
+    for name, o in overrides.items():
+        cfg[name].update(o)
+    return parse_task_specs(cfg)
+
+
+def count(samples, task):
+    return sum(s.task == task for s in samples)
+
+
+def test_task_counts_and_switches():
+    ctx = toy_context()
+    n_train = len(ctx.train)  # prefixes of seq[:-2]: 2 + 0 + 3
+    assert n_train == 5
+    samples = build_alignment_samples(ctx, only("seqrec", "item2index", "index2item", seqrec={"prompt_samples": 2}))
+    assert count(samples, "seqrec") == 2 * n_train
+    assert count(samples, "item2index") == count(samples, "index2item") == 6 * 2
+    assert count(samples, "fusionseqrec") == 0
+    fused = build_alignment_samples(ctx, only("fusionseqrec", fusionseqrec={"data_samples": 3}), passes=2)
+    assert len(fused) == 2 * 3
+
+
+def test_item_tasks_respect_missing_descriptions():
+    samples = build_alignment_samples(toy_context(), only("index2item", index2item={"prompt_samples": 9}))
+    # even items have no description: only the 3 title templates apply; odd items use all 9
+    assert len(samples) == 3 * 3 + 3 * 9
+    no_desc = [s for s in samples if s.fields["item"] == toy_context().sids[0]]
+    assert {s.response for s in no_desc} == {"Widget 0"}
+
+
+def test_seqrec_sample_content():
+    ctx = toy_context()
+    s = build_alignment_samples(ctx, only("seqrec"))[0]
+    assert s.history == (ctx.sids[0],) and s.response == ctx.sids[1]
+    messages = s.messages()
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert messages[0]["content"] == "You are a helpful assistant."
+    assert ctx.sids[0] in messages[1]["content"] and "{" not in messages[1]["content"]
+
+
+def test_unknown_task_or_option_is_an_error():
+    with pytest.raises(ValueError, match="unknown alignment task 'seqrecc'"):
+        parse_task_specs({"seqrecc": {}})
+    with pytest.raises(ValueError, match="unknown option"):
+        parse_task_specs({"seqrec": {"samples": 3}})
+
+
+def test_side_info_tasks_skip_users_without_it(tmp_path, caplog):
+    cat = toy_catalog()
+    path = tmp_path / "toy.user.json"
+    path.write_text(
+        json.dumps(
+            {
+                "user_explicit_preference": {"u2": ["Likes widgets.", "Long-term: gadgets", "Short-term: more"]},
+                "user_vague_intention": {"train": {"u2": {"querys": ["I want a small one.", "Compact and light."]}}},
+            }
+        )
+    )
+    side = load_side_info(path, cat)
+    assert set(side) == {2} and len(side[2].queries) == 2
+    with caplog.at_level(logging.INFO):
+        samples = build_alignment_samples(toy_context(side), only("itemsearch", "preferenceobtain"))
+    assert count(samples, "itemsearch") == count(samples, "preferenceobtain") == 1
+    search = next(s for s in samples if s.task == "itemsearch")
+    assert search.response == toy_context().sids[cat.sequences[2][-3]]
+    assert "2 of 3 users have no teacher side information" in caplog.text
+
+
+def test_clean_title():
+    assert clean_title("`Fancy` pipette, 10 ml!?") == "Fancy pipette, 10 ml"
+
+
+def _encoded_tokenizer():
+    tok = tiny_chat_tokenizer()
+    index = SemanticIndex(np.array([[i % 3, i // 3] for i in range(6)]), [3, 2])
+    add_index_tokens(tok, index)
+    return tok, [index.item_string(i) for i in range(6)]
+
+
+def test_labels_mask_system_and_user():
+    tok, sids = _encoded_tokenizer()
+    sample = TaskSample("seqrec", "After {history}, next?", (sids[0], sids[1]), sids[2])
+    enc = encode_sample(tok, sample, "You are a helpful assistant.", max_length=512)
+    labelled = [i for i, l in zip(enc["input_ids"], enc["labels"]) if l != -100]
+    assert tok.decode(labelled) == sids[2] + "<|im_end|>"
+    start = enc["labels"].index(labelled[0])
+    assert all(l == -100 for l in enc["labels"][:start])
+    assert tok.decode(enc["input_ids"][:start]).endswith("<|im_start|>assistant\n")
+
+
+def test_overlong_prompt_drops_oldest_history_only():
+    tok, sids = _encoded_tokenizer()
+    history = tuple(sids[i % 6] for i in range(10))
+    sample = TaskSample("seqrec", "Items bought: {history}. What comes next?", history, sids[5])
+    full = encode_sample(tok, sample, None, max_length=10_000)
+    per_item = len(tok(sids[0] + ", ", add_special_tokens=False)["input_ids"])
+    enc = encode_sample(tok, sample, None, max_length=len(full["input_ids"]) - 3 * per_item)
+    text = tok.decode(enc["input_ids"])
+    assert "Items bought: " + ", ".join(history[3:]) + ". What comes next?" in text
+    assert text.endswith(sids[5] + "<|im_end|>")
+    # not even one history item fits: the sample is dropped, never cut inside the instruction
+    assert encode_sample(tok, sample, None, max_length=20) is None
+
+
+def test_bucket_sampler_covers_all_and_groups_lengths():
+    lengths = [i * 7 % 50 for i in range(100)]
+    sampler = BucketBatchSampler(lengths, batch_size=10, window=10, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(100)) and len(sampler) == 10
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 1.2 * sum(lengths)
+    assert list(sampler) != batches  # every pass (epoch) reshuffles
+    sampler.set_epoch(0)
+    assert list(sampler) == batches

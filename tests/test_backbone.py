@@ -1,0 +1,119 @@
+"""Backbone loading, semantic-ID vocabulary extension and LoRA wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gream_lit.data.catalog import DataError
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.modeling.backbone import load_backbone, load_tokenizer
+from gream_lit.modeling.lora import LoraOptions, apply_lora
+from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm, tiny_chat_tokenizer
+from gream_lit.modeling.vocab import add_index_tokens, code_means, extend_model_vocab, require_index_tokens
+
+
+def small_index(style: str = "gream") -> SemanticIndex:
+    # 4 items, 2 levels of 3 codes; item 3 has a shorter (1-token) ID
+    return SemanticIndex(np.array([[0, 1], [0, 2], [2, 0], [1, -1]]), [3, 3], style=style)
+
+
+@pytest.mark.parametrize("style", ["gream", "lcrec"])
+def test_tokenizer_never_splits_id_tokens(style):
+    tok = tiny_chat_tokenizer()
+    index = small_index(style)
+    ids = add_index_tokens(tok, index)
+    assert len(set(ids)) == len(index.all_tokens()) == 6
+    for item in range(index.n_items):
+        text = f"history: {index.item_string(item)}, {index.item_string(0)}."
+        enc = tok(text, add_special_tokens=False)["input_ids"]
+        for token in index.item_tokens(item):
+            assert tok.convert_tokens_to_ids(token) in enc
+        assert tok.decode(enc) == text
+        assert tok(index.item_string(item), add_special_tokens=False)["input_ids"] == tok.convert_tokens_to_ids(
+            index.item_tokens(item)
+        )
+
+
+def test_missing_index_tokens_raise_clear_error():
+    tok = tiny_chat_tokenizer()
+    with pytest.raises(DataError, match=r"lacks 6 of the index's 6 ID tokens .*'<\|a_1\|>'"):
+        require_index_tokens(tok, small_index())
+
+
+def test_code_means_hand_computed():
+    vectors = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [7.0, 8.0]])
+    means, used = code_means(vectors, small_index())
+    # level a: code0 <- items 0,1; code1 <- item 3; code2 <- item 2. level b: code0 <- 2, code1 <- 0, code2 <- 1
+    expected = torch.tensor([[2.0, 1.0], [7.0, 8.0], [5.0, 4.0], [5.0, 4.0], [1.0, 0.0], [3.0, 2.0]])
+    assert torch.allclose(means, expected)
+    assert used.all()
+
+
+def test_extend_vocab_text_mean_sets_new_rows_only():
+    tok = tiny_chat_tokenizer()
+    model = tiny_causal_lm(len(tok))
+    old = model.get_input_embeddings().weight.detach().clone()
+    index = small_index()
+    add_index_tokens(tok, index)
+    texts = ["ab", "b", "cd", "a"]
+    ids = extend_model_vocab(model, tok, index, "text_mean", texts)
+    emb = model.get_input_embeddings().weight.detach()
+    assert emb.shape[0] == len(tok) and torch.equal(emb[: old.shape[0]], old)
+    row = lambda s: old[tok(s, add_special_tokens=False)["input_ids"]].mean(0)  # noqa: E731
+    # <|a_1|> (code 0 at level a) is carried by items 0 ("ab") and 1 ("b")
+    assert torch.allclose(emb[ids[0]], (row("ab") + row("b")) / 2, atol=1e-6)
+    assert torch.allclose(model.get_output_embeddings().weight[ids[0]], emb[ids[0]])  # tied
+    assert extend_model_vocab(model, tok, index) == ids  # already extended: unchanged
+
+
+def test_load_backbone_local_folder(tmp_path):
+    path = save_tiny_backbone(tmp_path / "tiny")
+    model, tok = load_backbone(path)
+    assert tok.chat_template and tok.pad_token_id is not None
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+
+
+def test_load_tokenizer_without_chat_template_fails(tmp_path):
+    tok = tiny_chat_tokenizer()
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no chat template"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_lora_trains_only_adapters_and_id_rows():
+    tok = tiny_chat_tokenizer()
+    model = tiny_causal_lm(len(tok))
+    index = small_index()
+    add_index_tokens(tok, index)
+    ids = extend_model_vocab(model, tok, index)
+    peft_model = apply_lora(model, LoraOptions(r=2, alpha=4, target_modules=["q_proj", "v_proj"]), ids)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "trainable_tokens" in n for n in trainable)
+    head = peft_model.get_output_embeddings()
+    before = head(torch.ones(1, 64)).detach()
+    x = torch.tensor([[1, 2, ids[0]]])
+    peft_model(input_ids=x, labels=torch.tensor([[1, ids[0], ids[3]]])).loss.backward()
+    torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0).step()
+    change = (head(torch.ones(1, 64)).detach() - before).abs()[0]
+    assert change[: min(ids)].max() == 0  # old vocabulary rows (tied output) untouched
+    assert change[ids].max() > 0  # ID rows learn, in the tied output projection too
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_loads_with_chat_template():
+    pytest.importorskip("gguf")
+    model, tok = load_backbone("smollm2-135m-instruct")
+    assert "quantization_config" not in model.config.to_dict()
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    index = small_index()
+    add_index_tokens(tok, index)
+    ids = extend_model_vocab(model, tok, index)
+    assert tok(index.item_string(0), add_special_tokens=False)["input_ids"] == ids[:1] + ids[4:5]
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    assert "4" in tok.decode(out[0, enc["input_ids"].shape[1] :])

@@ -1,0 +1,134 @@
+"""SFT loss, the alignment DataModule and the real CLI on a tiny model, catalog and index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gream_lit.cli import main
+from gream_lit.data.catalog import DataError
+from gream_lit.data.sft_data import AlignmentDataModule
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.modeling.sft_module import assistant_token_loss
+from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm
+
+
+def test_assistant_token_loss_matches_full_logits_loss():
+    model = tiny_causal_lm(50)
+    ids = torch.randint(0, 50, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:] = ids[0, 5:]
+    labels[1, 7:] = ids[1, 7:]
+    hidden = model.model(input_ids=ids).last_hidden_state
+    ours = assistant_token_loss(hidden, labels, model.lm_head)
+    assert torch.allclose(ours, model(input_ids=ids, labels=labels).loss, atol=1e-6)
+    with pytest.raises(ValueError, match="no labelled"):
+        assistant_token_loss(hidden, torch.full_like(ids, -100), model.lm_head)
+
+
+def write_toy_dataset(root: Path) -> dict[str, str]:
+    """LC-Rec json catalog (12 items, 10 users), a 2-level index and a tiny chat backbone."""
+    rng = np.random.default_rng(0)
+    data = root / "data"
+    data.mkdir(parents=True)
+    items = {str(i): {"title": f"Widget {i}", "description": f"Part number {i}." if i % 3 else ""} for i in range(12)}
+    inter = {f"u{u}": [int(x) for x in rng.integers(0, 12, size=int(rng.integers(4, 7)))] for u in range(10)}
+    (data / "Toy.item.json").write_text(json.dumps(items))
+    (data / "Toy.inter.json").write_text(json.dumps(inter))
+    SemanticIndex(np.array([[i % 4, i // 4] for i in range(12)]), [4, 3]).to_json(root / "Toy.index.json")
+    return {
+        "data_dir": str(data),
+        "index_path": str(root / "Toy.index.json"),
+        "backbone": save_tiny_backbone(root / "tiny", hidden_size=32),
+    }
+
+
+def tiny_config(paths: dict[str, str]) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 3,
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "class_path": "gream_lit.modeling.sft_module.SFTModule",
+            "init_args": {"lr": 3e-3, "num_beams": 4, "embedding_init": "text_mean", "lora": {"r": 2, "alpha": 4}},
+        },
+        "data": {
+            "class_path": "gream_lit.data.sft_data.AlignmentDataModule",
+            "init_args": {**paths, "batch_size": 8, "eval_batch_size": 8, "val_users": 4, "max_eval_users": 6,
+                           "item2index_probe": 5},
+        },
+    }
+
+
+def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paths = write_toy_dataset(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(paths)))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "sft/test/recall@10" in out and "sft/test/item2index/recall@1" in out
+
+    tok = AutoTokenizer.from_pretrained(run / "hf" / "model")
+    assert "<|a_1|>" in tok.get_vocab() and "<|b_3|>" in tok.get_vocab()
+    merged = AutoModelForCausalLM.from_pretrained(run / "hf" / "model")
+    adapter = AutoPeftModelForCausalLM.from_pretrained(str(run / "hf" / "adapter"))
+    ids = tok("Widget 3 <|a_4|><|b_1|>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapter(ids).logits, atol=1e-4)
+    # the trained ID-token rows of the Lightning checkpoint are what the hand-off model holds
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    (rows,) = [v for k, v in state.items() if "embed_tokens" in k and "trainable_tokens_delta" in k]
+    id_rows = tok.convert_tokens_to_ids(SemanticIndex.from_json(paths["index_path"]).all_tokens())
+    assert torch.allclose(merged.get_input_embeddings().weight[id_rows], rows)
+
+
+def test_evaluating_with_a_tokenizer_lacking_id_tokens_fails(tmp_path):
+    paths = write_toy_dataset(tmp_path)
+    dm = AlignmentDataModule(**paths, extend_vocab=False)
+    with pytest.raises(DataError, match="lacks 7 of the index's 7 ID tokens"):
+        dm.setup("test")
+
+
+def test_datamodule_batches(tmp_path):
+    dm = AlignmentDataModule(**write_toy_dataset(tmp_path), batch_size=4, val_users=3, max_eval_users=5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert ((batch["labels"] != -100) <= batch["attention_mask"].bool()).all()
+    val = next(iter(dm.val_dataloader()))
+    assert val["input_ids"].shape[0] == 3 and val["attention_mask"][:, -1].all()  # left-padded prompts
+    dm.setup("test")
+    assert len(dm.eval_data["test"]) == 5
+
+
+def test_full_finetuning_trains_every_weight_and_exports_model(tmp_path):
+    import lightning as L
+
+    from gream_lit.modeling.sft_module import SFTModule
+
+    paths = write_toy_dataset(tmp_path)
+    dm = AlignmentDataModule(**paths, batch_size=4, val_users=2)
+    module = SFTModule(lora=None, num_beams=2, export_dir=str(tmp_path / "handoff"))
+    trainer = L.Trainer(
+        fast_dev_run=1, accelerator="cpu", default_root_dir=tmp_path / "run", enable_progress_bar=False, logger=False
+    )
+    trainer.fit(module, datamodule=dm)
+    assert all(p.requires_grad for p in module.model.parameters())
+    assert (tmp_path / "handoff" / "model" / "model.safetensors").is_file()
+    assert not (tmp_path / "handoff" / "adapter").exists()
