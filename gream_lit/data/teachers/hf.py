@@ -1,0 +1,93 @@
+"""A local Hugging Face causal LM as teacher (SmolLM2-135M-Instruct by default), via ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from transformers import GenerationConfig
+
+from gream_lit.data.teachers.base import Messages, ResultCallback, Teacher, validate_messages
+
+
+class HFTeacher(Teacher):
+    """Chat-templated, left-padded batched generation.
+
+    Pass ``model`` and ``tokenizer`` directly (tests, an already loaded backbone) or ``name_or_path``,
+    which is resolved by ``gream_lit.modeling.backbone.load_backbone`` (it knows the SmolLM2 GGUF).
+    Decoding is set here explicitly, never inherited from the model's ``generation_config``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "smollm2-135m-instruct",
+        model: Any = None,
+        tokenizer: Any = None,
+        max_new_tokens: int = 384,
+        do_sample: bool = False,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        batch_size: int = 4,
+        seed: int = 0,
+    ) -> None:
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass both model and tokenizer, or neither (then name_or_path is loaded)")
+        if model is None:
+            from gream_lit.modeling.backbone import load_backbone
+
+            model, tokenizer = load_backbone(name_or_path)
+        if tokenizer.chat_template is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has no chat template; a teacher needs a chat model")
+        self.name = name_or_path
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.seed = seed
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        self.generation = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+
+    @property
+    def teacher_id(self) -> str:
+        g = self.generation
+        decoding = f"sample(t={g.temperature},p={g.top_p},seed={self.seed})" if g.do_sample else "greedy"
+        return f"hf:{self.name}:{decoding}:max{g.max_new_tokens}"
+
+    def complete(self, messages: Messages) -> str:
+        return self.complete_many([messages])[0]
+
+    @torch.inference_mode()
+    def _generate(self, batch: Sequence[Messages]) -> list[str]:
+        prompts = [
+            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch
+        ]
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            self.tokenizer.padding_side = side
+        enc = enc.to(self.model.device)
+        out = self.model.generate(**enc, generation_config=self.generation)
+        new = out[:, enc["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def complete_many(self, batch: Sequence[Messages], on_result: ResultCallback | None = None) -> list[str]:
+        for m in batch:
+            validate_messages(m)
+        if self.generation.do_sample:
+            torch.manual_seed(self.seed)
+        out: list[str] = []
+        for start in range(0, len(batch), self.batch_size):
+            texts = self._generate(batch[start : start + self.batch_size])
+            for j, text in enumerate(texts):
+                if on_result is not None:
+                    on_result(start + j, text)
+            out.extend(texts)
+        return out
