@@ -1,0 +1,146 @@
+"""RL prompts (spec §7.1): next-item questions over semantic IDs, answered by the policy's rollouts.
+
+For every user and every target position ``i`` with at least ``min_history`` earlier items, the
+prompt asks for ``seq[i]`` given ``seq[:i][-max_history:]``: targets before the validation item train,
+the validation item (``seq[T-2]``) validates, and the test item is only used by ``test``.
+Reasoning prompts carry the curriculum SFT's system message (think / rewrite / ``<answer>``); direct
+prompts are a bare seq-rec instruction (as GREAM's direct evaluation). Templates are the SFT's
+seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from gream_lit.data.catalog import DataError
+from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
+from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.split import Sample
+from gream_lit.data.tasks.builders import HISTORY_SEP
+from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE, SEQREC
+from gream_lit.indexing.semantic_index import SemanticIndex
+
+MODES = ("reason", "direct")
+
+def rl_messages(history: str, mode: str, template: str, system_prompt: str = REASONING_SYSTEM_PROMPT) -> list[dict]:
+    """Chat messages of one RL prompt; ``history`` is the items' IDs joined by ``", "``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown RL mode {mode!r}; expected one of {MODES}")
+    user = {"role": "user", "content": template.format(history=history)}
+    return [{"role": "system", "content": system_prompt}, user] if mode == "reason" else [user]
+
+
+def collate_prompts(rows: list[dict]) -> dict[str, list]:
+    """Batch of prompts as lists (tokenising is the policy's job: it owns the tokenizer)."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+class RLDataModule(CatalogDataModule):
+    """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user"}`` lists.
+
+    Args:
+        index_path: the semantic-ID index file (``<D>.index.json``) of the aligned model.
+        mode: ``reason`` (GREAM's RL data) or ``direct``.
+        min_history: smallest history a prompt may have (GREAM: 4).
+        max_val_prompts: random validation prompts kept (GREAM: 1000, seed 42; 0 = all).
+        max_train_prompts: random training prompts kept (0 = all), for quick runs.
+        seed: seed of the template draw and of the subsets.
+        system_prompt: system message of reasoning prompts.
+        other arguments: see ``CatalogDataModule`` (``batch_size`` = prompts per generation batch).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "",
+        format: str = "lcrec",
+        index_path: str = "",
+        mode: str = "reason",
+        max_history: int = 20,
+        min_history: int = 4,
+        batch_size: int = 256,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        max_eval_users: int = 0,
+        max_val_prompts: int = 1000,
+        max_train_prompts: int = 0,
+        seed: int = 42,
+        system_prompt: str = REASONING_SYSTEM_PROMPT,
+    ) -> None:
+        super().__init__(data_dir, format, max_history, batch_size, eval_batch_size, num_workers, max_eval_users)
+        if mode not in MODES:
+            raise DataError(f"RLDataModule: unknown mode {mode!r}; expected one of {MODES}")
+        if not index_path:
+            raise DataError("RLDataModule: index_path is required (the aligned model's semantic-ID index)")
+        self.index_path = index_path
+        self.mode = mode
+        self.min_history = min_history
+        self.max_val_prompts = max_val_prompts
+        self.max_train_prompts = max_train_prompts
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self.index: SemanticIndex | None = None
+
+    def load(self):
+        catalog = super().load()
+        if self.index is None:
+            self.index = SemanticIndex.from_json(Path(self.index_path), n_items=catalog.n_items)
+        return catalog
+
+    def sid(self, item: int) -> str:
+        return self.index.item_string(item)
+
+    def prompts(self, samples: Sequence[Sample], rng: random.Random | None) -> list[dict]:
+        """Rows for ``samples``; a random seq-rec template each, or the fixed evaluation one if no rng."""
+        rows = []
+        for s in samples:
+            template = SEQREC[rng.randrange(len(SEQREC))][1] if rng else DIRECT_EVAL_TEMPLATE
+            history = HISTORY_SEP.join(self.sid(i) for i in s.history)
+            rows.append(
+                {
+                    "messages": rl_messages(history, self.mode, template, self.system_prompt),
+                    "target": self.sid(s.target),
+                    "item": s.target,
+                    "user": s.user,
+                }
+            )
+        return rows
+
+    def _subset(self, samples: list[Sample], size: int, salt: int) -> list[Sample]:
+        if not size or size >= len(samples):
+            return samples
+        return random.Random(self.seed + salt).sample(samples, size)
+
+    def build_datasets(self, stage: str | None) -> None:
+        rng = random.Random(self.seed)
+        enough = [s for s in self.split.train if len(s.history) >= self.min_history]
+        valid = [s for s in self.split.valid if len(s.history) >= self.min_history]
+        if stage in ("fit", None):
+            train = self._subset(enough, self.max_train_prompts, 1)
+            if not train:
+                raise DataError(f"{self.catalog.name}: no training prompt has >= {self.min_history} history items")
+            self.train_set = self.prompts(train, rng)
+        if stage in ("fit", "validate", None):
+            self.valid_set = self.prompts(self._subset(valid, self.max_val_prompts, 0), rng)
+        if stage in ("test", "predict", None):
+            self.test_set = self.prompts(self.eval_samples("test"), None)
+
+    def _loader(self, rows: list[dict], batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            rows, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_prompts
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

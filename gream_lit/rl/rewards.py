@@ -1,0 +1,130 @@
+"""Verifiable rewards for generated recommendations (spec §7.3).
+
+RSVR gives partial credit for every leading semantic-ID level the answer gets right, because exact
+hits are too sparse for a group-relative advantage to learn from early in RL; a format gate makes
+the policy keep the answer parseable. Both GREAM ``<|a_1|>`` and LC-Rec ``<a_0>`` token styles work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Credit for m matching leading levels (m = 1, 2, 3, >= 4), below 1.0 so an exact hit is strictly best.
+PREFIX_CREDIT = (0.5, 0.707, 0.866, 0.95)
+MODES = ("reason", "direct")
+STRIP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+_TOKEN = r"(?:<\|[a-z]_\d+\|>|<[a-z]_\d+>)"
+_TOKEN_RE = re.compile(_TOKEN)
+_THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
+_ANSWER_RE = re.compile(rf"<answer>((?:{_TOKEN})+)</answer>")
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """``reward`` = format gate x ``match``; ``match`` is ungated (dynamic sampling filters on it)."""
+
+    reward: float
+    match: float
+    format_ok: bool
+    exact: bool
+    matched_levels: int
+
+    @property
+    def hit(self) -> bool:
+        """A well-formatted exact hit: what the BGAE pass@k bonus counts (``exact`` alone is ungated)."""
+        return self.exact and self.format_ok
+
+
+def sid_tokens(text: str) -> list[str]:
+    """The semantic-ID tokens of ``text`` in order (either style)."""
+    return _TOKEN_RE.findall(text)
+
+
+def _direct_re(min_len: int, max_len: int) -> re.Pattern:
+    return re.compile(rf"((?:{_TOKEN}){{{min_len},{max_len}}})")
+
+
+def parse_answer(response: str, mode: str = "reason", direct_len: tuple[int, int] = (4, 5)) -> str | None:
+    """The predicted ID string: the first all-ID ``<answer>`` (reason) or first run of IDs (direct)."""
+    if mode == "reason":
+        m = _ANSWER_RE.search(response)
+    elif mode == "direct":
+        m = _direct_re(*direct_len).search(response)
+    else:
+        raise ValueError(f"unknown reward mode {mode!r}; expected one of {MODES}")
+    return m.group(1) if m else None
+
+
+def prefix_match(predicted: str, target: str) -> tuple[float, int]:
+    """``(M, m)``: 1.0 on an exact string match, else the credit of the ``m`` matching leading levels."""
+    if predicted == target:
+        return 1.0, len(sid_tokens(target))
+    pred, gold = sid_tokens(predicted), sid_tokens(target)
+    m = 0
+    for p, g in zip(pred, gold):
+        if p != g:
+            break
+        m += 1
+    return (PREFIX_CREDIT[min(m, len(PREFIX_CREDIT)) - 1] if m else 0.0), m
+
+
+def _clean(response: str, strip: tuple[str, ...]) -> str:
+    for tok in strip:
+        response = response.replace(tok, "")
+    return response
+
+
+def rsvr_reward(
+    response: str,
+    target: str,
+    mode: str = "reason",
+    direct_len: tuple[int, int] = (4, 5),
+    strip: tuple[str, ...] = STRIP_TOKENS,
+) -> RewardResult:
+    """Residual-sensitive verifiable reward of one decoded response against the target ID string.
+
+    Args:
+        response: decoded completion, special tokens kept.
+        target: the target item's ID tokens concatenated (``"<|a_3|><|b_1|>..."``).
+        mode: ``reason`` needs ``<think>...</think>`` and ``<answer>IDs</answer>``; ``direct`` needs a
+            run of ``direct_len`` consecutive ID tokens (GREAM: 4-5).
+        direct_len: inclusive (min, max) ID length accepted in direct mode.
+        strip: end-of-turn strings removed before parsing.
+    """
+    if not sid_tokens(target):
+        raise ValueError(f"target {target!r} holds no semantic-ID tokens")
+    text = _clean(response, strip)
+    answer = parse_answer(text, mode, direct_len)
+    format_ok = answer is not None and (mode == "direct" or _THINK_RE.search(text) is not None)
+    match, levels = prefix_match(answer, target) if answer is not None else (0.0, 0)
+    return RewardResult(
+        reward=match if format_ok else 0.0,
+        match=match,
+        format_ok=format_ok,
+        exact=match == 1.0,
+        matched_levels=levels,
+    )
+
+
+def exact_reward(
+    response: str,
+    target: str,
+    mode: str = "reason",
+    direct_len: tuple[int, int] = (4, 5),
+    strip: tuple[str, ...] = STRIP_TOKENS,
+) -> RewardResult:
+    """0/1 exact-match reward (the "w/o RSVR" ablation): same parsing and gate, no partial credit."""
+    full = rsvr_reward(response, target, mode, direct_len, strip)
+    match = 1.0 if full.exact else 0.0
+    return RewardResult(
+        reward=match if full.format_ok else 0.0,
+        match=match,
+        format_ok=full.format_ok,
+        exact=full.exact,
+        matched_levels=full.matched_levels,
+    )
+
+
+REWARDS = {"rsvr": rsvr_reward, "exact": exact_reward}

@@ -1,0 +1,393 @@
+"""SRPO (spec §7.8) as a LightningModule with manual optimisation.
+
+One ``training_step`` = one generation batch: sample ``G`` responses per prompt, score them (RSVR or
+exact), keep the groups whose ``match`` varies (dynamic sampling). Kept groups accumulate over
+generation batches until ``update_groups`` are ready (or ``max_gen_batches`` were drawn); then the
+update runs: advantages (BGAE or GRPO), old and reference log-probs recomputed, and ``ppo_epochs``
+passes of mini-batches of ``mini_batch_groups`` groups, each one optimizer step of the dual-clip PPO
+loss plus ``kl_coef`` x low-variance KL, aggregated as a token mean over the mini-batch.
+``trainer.global_step`` therefore counts optimizer steps (GREAM: 4 per generation step).
+
+Differences from verl: when ``max_gen_batches`` is reached with fewer than ``update_groups`` kept
+groups, the update uses what was kept (verl stops with an error); the warm-up counts updates, as
+verl's scheduler does. Single process only: under DDP, ranks could keep different numbers of groups
+and run different numbers of optimizer steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.metrics import ranking_metrics
+from gream_lit.modeling.lora import LoraOptions
+from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
+from gream_lit.rl.filtering import filter_groups
+from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
+from gream_lit.rl.policy import load_policy
+from gream_lit.rl.rewards import MODES, REWARDS, PREFIX_CREDIT, RewardResult, parse_answer
+from gream_lit.rl.rollout import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
+
+log = logging.getLogger(__name__)
+
+
+def _as(cls: type, value: object) -> object:
+    return value if isinstance(value, cls) else cls(**dict(value))
+
+
+@dataclass
+class _Frozen:
+    """Holds the reference model outside ``state_dict`` (it is never trained nor checkpointed)."""
+
+    model: torch.nn.Module
+
+
+@dataclass
+class _Kept:
+    """Kept groups waiting for the next update."""
+
+    rollouts: list[Rollout] = field(default_factory=list)
+    rewards: list[torch.Tensor] = field(default_factory=list)
+    exact: list[torch.Tensor] = field(default_factory=list)
+    gen_batches: int = 0
+
+    @property
+    def groups(self) -> int:
+        return sum(len(r) // r.group_size for r in self.rollouts)
+
+
+class SRPOModule(L.LightningModule):
+    """Group policy optimisation of a causal LM that recommends items by writing their semantic IDs.
+
+    Args:
+        backbone: ``tiny``, an HF name, a local folder (the SFT stage's output) or a GGUF alias.
+        dtype: weights dtype of a real backbone.
+        tiny: ``tiny_causal_lm`` options when ``backbone="tiny"``.
+        lora: LoRA options; the reference policy is then the same weights with the adapter disabled.
+            ``None`` trains all weights against a frozen copy.
+        mode: ``reason`` or ``direct`` (must match the data module's prompts).
+        reward: ``rsvr`` (prefix credit) or ``exact`` (0/1 ablation).
+        advantage: ``bgae`` (z-score + pass@k bonus) or ``grpo`` (z-score only, ablation).
+        pass_k: k of the pass@k bonus.
+        rollout: training sampling (GREAM: n=10, T=1, top-p=1, 1560 new tokens).
+        val_sampling: validation sampling (GREAM: n=5, T=0.6, top-p=0.8).
+        test_sampling: test sampling (GREAM reasoning eval: n=10, T=0.7, top-p=0.9).
+        max_prompt_tokens: prompts are cut from the left beyond this.
+        update_groups: prompt groups per update (GREAM: 256).
+        max_gen_batches: generation batches drawn at most before updating with what was kept.
+        mini_batch_groups: prompt groups per optimizer step (GREAM: 64).
+        ppo_epochs: passes over the update batch.
+        clip_low, clip_high, dual_clip_c: PPO ratio clip range and dual clip.
+        kl_coef: weight of the KL-to-reference loss (0 skips the reference pass).
+        lr, weight_decay, grad_clip: AdamW (constant after warm-up), gradient-norm clip.
+        warmup_steps: linear warm-up length in updates (GREAM: 10).
+        forward_batch_size: sequences per forward pass when scoring log-probs.
+        ks: cut-offs of the validation/test ranking metrics.
+        log_samples_every: write sample rollouts to TensorBoard every this many generation batches.
+        export_dir: if set, ``save_pretrained`` the policy and tokenizer there when training ends.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
+        tiny: dict | None = None,
+        lora: LoraOptions | None = None,
+        mode: str = "reason",
+        reward: str = "rsvr",
+        advantage: str = "bgae",
+        pass_k: int = 4,
+        rollout: SamplingConfig = SamplingConfig(),
+        val_sampling: SamplingConfig = SamplingConfig(n=5, temperature=0.6, top_p=0.8),
+        test_sampling: SamplingConfig = SamplingConfig(n=10, temperature=0.7, top_p=0.9),
+        max_prompt_tokens: int = 768,
+        update_groups: int = 256,
+        max_gen_batches: int = 10,
+        mini_batch_groups: int = 64,
+        ppo_epochs: int = 1,
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        dual_clip_c: float = 10.0,
+        kl_coef: float = 0.001,
+        lr: float = 2e-6,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 10,
+        grad_clip: float = 1.0,
+        forward_batch_size: int = 16,
+        ks: tuple[int, ...] = (1, 5, 10),
+        log_samples_every: int = 10,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
+        # the CLI may hand dataclass arguments over as plain dicts
+        self.sampling = {
+            "train": _as(SamplingConfig, rollout),
+            "val": _as(SamplingConfig, val_sampling),
+            "test": _as(SamplingConfig, test_sampling),
+        }
+        self.lora = _as(LoraOptions, lora) if lora is not None else None
+        group_size = self.sampling["train"].n
+        if advantage == "bgae" and not 1 <= pass_k <= group_size:
+            raise ValueError(f"pass_k={pass_k} must lie in 1..rollout.n={group_size}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.policy: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.engine: RolloutEngine | None = None
+        self._ref: _Frozen | None = None
+        self._kept = _Kept()
+        self._direct_len = (4, 5)
+        self._lookup: dict[str, int] = {}
+        self._gen_batch = 0
+        self.val_metrics = ranking_metrics(tuple(ks), prefix="rl/val/")
+        self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
+
+    # ---- building -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load the policy once the data module (and so the index) is known."""
+        if self.policy is None:
+            dm = self.trainer.datamodule
+            if getattr(dm, "mode", self.hparams.mode) != self.hparams.mode:
+                raise ValueError(f"SRPO mode {self.hparams.mode!r} but the data module builds {dm.mode!r} prompts")
+            dm.load()
+            self.setup_policy(dm.index)
+
+    def setup_policy(self, index: SemanticIndex) -> None:
+        """Policy, tokenizer, rollout engine and reference model for ``index``'s IDs."""
+        hp = self.hparams
+        self.policy, self.tokenizer = load_policy(hp.backbone, index, hp.dtype, hp.tiny, self.lora)
+        self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size)
+        lengths = index.lengths()
+        self._direct_len = (int(lengths.min()), int(lengths.max()))
+        self._lookup = {index.item_string(i): i for i in range(index.n_items)}
+        if self.lora is None and hp.kl_coef > 0:
+            ref = copy.deepcopy(self.policy).eval()
+            ref.requires_grad_(False)
+            self._ref = _Frozen(ref)
+
+    def on_fit_start(self) -> None:
+        if self._ref is not None:
+            self._ref.model.to(self.device)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        warmup = max(1, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- scoring --------------------------------------------------------------------------------
+    def score(self, texts: list[str], targets: list[str], group_size: int) -> list[RewardResult]:
+        """Reward of every response; ``targets`` holds one entry per prompt."""
+        fn = REWARDS[self.hparams.reward]
+        return [
+            fn(text, targets[i // group_size], self.hparams.mode, self._direct_len) for i, text in enumerate(texts)
+        ]
+
+    def _log_rollout_stats(self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor) -> None:
+        n = len(results)
+        lengths = rollout.response_mask.sum(1).float()
+        stats = {
+            "reward": sum(r.reward for r in results) / n,
+            "match": sum(r.match for r in results) / n,
+            "exact": sum(r.exact for r in results) / n,
+            "format": sum(r.format_ok for r in results) / n,
+            "empty": sum(not t.strip() for t in rollout.texts) / n,
+            "response_length": lengths.mean().item(),
+            "groups_kept": kept.float().mean().item(),
+        }
+        for level in range(1, len(PREFIX_CREDIT) + 1):
+            share = sum((not r.exact) and min(r.matched_levels, len(PREFIX_CREDIT)) == level for r in results) / n
+            stats[f"partial@{level}"] = share
+        self.log_dict({f"rl/train/{k}": float(v) for k, v in stats.items()}, on_step=True, batch_size=n)
+
+    def _log_samples(self, messages: list, rollout: Rollout, results: list[RewardResult], targets: list[str]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return
+        g = rollout.group_size
+        lines = []
+        for i in range(min(len(results), 2 * g)):
+            if i % g == 0:
+                lines.append(f"**prompt** `{messages[i // g][-1]['content']}`  \n**target** `{targets[i // g]}`")
+            lines.append(f"- reward {results[i].reward:.3f} (match {results[i].match:.3f}): `{rollout.texts[i]}`")
+        experiment.add_text("rl/train/samples", "\n".join(lines), self._gen_batch)
+
+    # ---- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        rollout = self.engine.generate(self.policy, batch["messages"], self.sampling["train"])
+        results = self.score(rollout.texts, batch["target"], rollout.group_size)
+        match = torch.tensor([r.match for r in results])
+        keep = filter_groups(match, rollout.group_size)
+        self._gen_batch += 1
+        self._log_rollout_stats(results, rollout, keep)
+        if hp.log_samples_every and self._gen_batch % hp.log_samples_every == 1 % hp.log_samples_every:
+            self._log_samples(batch["messages"], rollout, results, batch["target"])
+        kept = self._kept
+        kept.gen_batches += 1
+        if keep.any():
+            rows = torch.nonzero(keep.repeat_interleave(rollout.group_size)).squeeze(1)
+            kept.rollouts.append(rollout.select(rows.to(rollout.response_ids.device)))
+            kept.rewards.append(torch.tensor([results[i].reward for i in rows.tolist()]))
+            kept.exact.append(torch.tensor([results[i].hit for i in rows.tolist()]))
+        if kept.groups < hp.update_groups and kept.gen_batches < hp.max_gen_batches:
+            return
+        self._kept = _Kept()
+        if kept.groups == 0:
+            self.log("rl/train/skipped_updates", 1.0, on_step=True, batch_size=1)
+            log.info("generation batch %d: no group with varying match; update skipped", self._gen_batch)
+            return
+        self.update(kept)
+
+    def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
+        hp = self.hparams
+        if hp.kl_coef == 0:
+            return None
+        with torch.no_grad():
+            if self._ref is not None:
+                return self.engine.logprobs(self._ref.model, rollout, temperature=self.sampling["train"].temperature)
+            with self.policy.disable_adapter():
+                return self.engine.logprobs(self.policy, rollout, temperature=self.sampling["train"].temperature)
+
+    def update(self, kept: _Kept) -> None:
+        """PPO mini-batch steps on (at most) the first ``update_groups`` kept groups."""
+        hp = self.hparams
+        g = kept.rollouts[0].group_size
+        rollout = concat_rollouts(kept.rollouts, self.tokenizer.pad_token_id)
+        rewards, exact = torch.cat(kept.rewards), torch.cat(kept.exact)
+        n_rows = min(len(rollout), hp.update_groups * g)
+        rows = torch.arange(n_rows, device=rollout.response_ids.device)
+        rollout, rewards, exact = rollout.select(rows), rewards[:n_rows], exact[:n_rows]
+        if hp.advantage == "bgae":
+            adv = bgae_advantages(rewards, g, hp.pass_k, exact)
+        else:
+            adv = grpo_advantages(rewards, g)
+        adv = adv.to(self.device, torch.float32)
+        self.policy.eval()  # no dropout: old and new log-probs come from the same function
+        with torch.no_grad():
+            old = self.engine.logprobs(self.policy, rollout, temperature=self.sampling["train"].temperature)
+        ref = self._reference_logprobs(rollout)
+        mask = rollout.response_mask.bool()
+        finite = torch.where(mask, torch.isfinite(old), True).all(1)
+        if ref is not None:
+            finite &= torch.where(mask, torch.isfinite(ref), True).all(1)
+        mask &= finite.unsqueeze(1)
+        old = torch.where(mask, old, 0.0)
+        ref = torch.where(mask, ref, 0.0) if ref is not None else None
+        stats = {"adv_mean": adv.mean().item(), "adv_std": adv.std().item() if len(adv) > 1 else 0.0}
+        stats["nonfinite_seqs"] = float((~finite).sum())
+        stats["groups_updated"] = float(n_rows // g)
+        step_stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
+        skipped = 0
+        for _ in range(hp.ppo_epochs):
+            for start in range(0, n_rows // g, hp.mini_batch_groups):
+                mb = torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device)
+                result = self._optimizer_step(rollout, mb, old, ref, adv, mask)
+                if result is None:
+                    skipped += 1
+                    continue
+                for k, v in result.items():
+                    step_stats[k].append(v)
+        self.lr_schedulers().step()  # once per update, as verl: warm-up counts generation steps
+        stats["skipped_steps"] = float(skipped)
+        stats["skipped_updates"] = 0.0
+        stats["lr"] = self.optimizers().param_groups[0]["lr"]
+        stats.update({k: sum(v) / len(v) for k, v in step_stats.items() if v})
+        self.log_dict({f"rl/train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=n_rows)
+
+    def _optimizer_step(
+        self,
+        rollout: Rollout,
+        rows: torch.Tensor,
+        old: torch.Tensor,
+        ref: torch.Tensor | None,
+        adv: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> dict[str, float] | None:
+        """One optimizer step on ``rows``; micro-batches accumulate an exact token mean. ``None`` = skipped."""
+        hp = self.hparams
+        opt = self.optimizers()
+        opt.zero_grad()
+        total_tokens = mask[rows].sum().clamp(min=1).float()
+        pg_sum = kl_sum = clip_sum = 0.0
+        for start in range(0, len(rows), hp.forward_batch_size):
+            r = rows[start : start + hp.forward_batch_size]
+            m = mask[r]
+            tokens = m.sum().float()
+            if tokens == 0:
+                continue
+            logp = self.engine.logprobs(self.policy, rollout, r, temperature=self.sampling["train"].temperature)
+            logp = torch.where(m, logp, 0.0)
+            pg, clip = policy_loss(logp, old[r], adv[r], m, hp.clip_low, hp.clip_high, hp.dual_clip_c)
+            kl = masked_mean(low_var_kl(logp, ref[r]), m) if ref is not None else torch.zeros((), device=logp.device)
+            loss = (pg + hp.kl_coef * kl) * (tokens / total_tokens)
+            if not torch.isfinite(loss):
+                opt.zero_grad()
+                return None
+            self.manual_backward(loss)
+            weight = (tokens / total_tokens).item()
+            pg_sum += pg.item() * weight
+            kl_sum += kl.item() * weight
+            clip_sum += clip.item() * weight
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+        if not torch.isfinite(norm):
+            opt.zero_grad()
+            return None
+        opt.step()
+        return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> None:
+        """Sample ``n`` answers per prompt, rank them by the model's total log-prob (spec §8.2), score them."""
+        rollout = self.engine.generate(self.policy, batch["messages"], sampling)
+        results = self.score(rollout.texts, batch["target"], rollout.group_size)
+        with torch.no_grad():
+            logp = self.engine.logprobs(self.policy, rollout)
+        mask = rollout.response_mask.bool()
+        total = torch.where(mask, logp, 0.0).sum(1)
+        total = torch.where(torch.isfinite(total), total, -math.inf).view(-1, sampling.n)
+        items = torch.tensor(
+            [self._lookup.get(parse_answer(t, self.hparams.mode, self._direct_len) or "", -1) for t in rollout.texts]
+        ).view(-1, sampling.n)
+        order = total.cpu().argsort(dim=1, descending=True)
+        ranked = items.gather(1, order)
+        target = torch.tensor(batch["item"])
+        metrics.update(ranked, target)
+        b = len(batch["item"])
+        rewards = torch.tensor([r.reward for r in results]).view(b, sampling.n)
+        exact = torch.tensor([r.exact for r in results], dtype=torch.float32).view(b, sampling.n)
+        values = {
+            "reward": rewards.mean(),
+            "exact": exact.mean(),
+            "format": torch.tensor([r.format_ok for r in results], dtype=torch.float32).mean(),
+            f"pass@{sampling.n}": exact.amax(1).mean(),
+        }
+        self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b)
+        self.log_dict(metrics, on_epoch=True, batch_size=b)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.sampling["val"], "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.policy.save_pretrained(self.hparams.export_dir)
+            self.tokenizer.save_pretrained(self.hparams.export_dir)
+            log.info("policy saved to %s", self.hparams.export_dir)

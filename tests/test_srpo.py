@@ -1,0 +1,249 @@
+"""SRPO end to end on a tiny random policy: the real CLI, robustness to degenerate batches, learning."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from gream_lit.cli import main
+from gream_lit.data.rl_data import RLDataModule
+from gream_lit.rl.rollout import RolloutEngine
+from gream_lit.rl.srpo_module import SRPOModule
+
+TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
+
+
+def write_two_item_catalog(folder: Path) -> Path:
+    """Users who only ever take item 0 or only item 1: the next item is whatever fills the history."""
+    folder.mkdir(parents=True, exist_ok=True)
+    inter = {f"u{u}": [u % 2] * 8 for u in range(8)}
+    (folder / "T.inter.json").write_text(json.dumps(inter))
+    (folder / "T.item.json").write_text(json.dumps({"0": {"title": "red"}, "1": {"title": "blue"}}))
+    (folder / "T.index.json").write_text(json.dumps({"0": ["<|a_1|>", "<|b_1|>"], "1": ["<|a_2|>", "<|b_2|>"]}))
+    return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return write_two_item_catalog(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class History(L.Callback):
+    """Copies the logged metrics after every training batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def fit(data_dir: Path, mode: str = "direct", epochs: int = 1, **kwargs) -> tuple[SRPOModule, list[dict]]:
+    L.seed_everything(0)
+    dm = RLDataModule(
+        data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode=mode, batch_size=4, max_val_prompts=4
+    )
+    options = dict(
+        backbone="tiny",
+        tiny=TINY,
+        mode=mode,
+        rollout={"n": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 3 if mode == "direct" else 8},
+        update_groups=1,
+        max_gen_batches=1,
+        mini_batch_groups=2,
+        pass_k=2,
+        lr=5e-3,
+        warmup_steps=1,
+        weight_decay=0.0,
+        log_samples_every=0,
+    )
+    options.update(kwargs)
+    module = SRPOModule(**options)
+    history = History()
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[history],
+    )
+    trainer.fit(module, datamodule=dm)
+    return module, history.steps
+
+
+def params(module: SRPOModule) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().clone() for p in module.policy.parameters()])
+
+
+def test_cli_fit_logs_training_signals_and_exports(tmp_path: Path, data_dir: Path) -> None:
+    export = tmp_path / "policy"
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 6,
+            "limit_val_batches": 1,
+            "limit_test_batches": 1,
+            "log_every_n_steps": 1,
+            "accelerator": "cpu",
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+        },
+        "model": {
+            "class_path": "gream_lit.rl.srpo_module.SRPOModule",
+            "init_args": {
+                "backbone": "tiny",
+                "tiny": TINY,
+                "mode": "direct",
+                "rollout": {"n": 8, "max_new_tokens": 3},
+                "val_sampling": {"n": 2, "temperature": 0.6, "top_p": 0.8, "max_new_tokens": 3},
+                "test_sampling": {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 3},
+                "update_groups": 1,
+                "max_gen_batches": 1,
+                "mini_batch_groups": 1,
+                "pass_k": 2,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_samples_every": 1,
+                "export_dir": str(export),
+            },
+        },
+        "data": {
+            "class_path": "gream_lit.data.rl_data.RLDataModule",
+            "init_args": {
+                "data_dir": str(data_dir),
+                "index_path": str(data_dir / "T.index.json"),
+                "mode": "direct",
+                "batch_size": 2,
+                "eval_batch_size": 4,
+            },
+        },
+    }
+    path = tmp_path / "rl_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, texts = set(), set()
+    for events in (tmp_path / "run").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        texts |= set(acc.Tags()["tensors"])
+    logged = ("reward", "exact", "format", "partial@1", "groups_kept", "response_length", "adv_mean", "kl", "clip_fraction")
+    for key in logged:
+        assert f"rl/train/{key}" in scalars, key
+    assert {"rl/val/reward", "rl/val/recall@1", "rl/test/ndcg@5"} <= scalars
+    assert "rl/train/samples/text_summary" in texts
+    assert (export / "config.json").is_file() and (export / "tokenizer_config.json").is_file()
+
+
+def test_mode_mismatch_with_data_is_an_error(data_dir: Path) -> None:
+    dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="reason")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="SRPO mode 'direct' but the data module builds 'reason'"):
+        trainer.fit(SRPOModule(backbone="tiny", tiny=TINY, mode="direct", pass_k=2), datamodule=dm)
+
+
+def test_reward_rises_on_two_item_catalog(data_dir: Path) -> None:
+    _, steps = fit(data_dir, epochs=20, kl_coef=0.0)
+    rewards = [s["rl/train/reward"] for s in steps]
+    quarter = len(rewards) // 4
+    first, last = sum(rewards[:quarter]) / quarter, sum(rewards[-quarter:]) / quarter
+    assert last > first + 0.15, (first, last)
+
+
+@pytest.mark.parametrize("reward, advantage", [("exact", "bgae"), ("rsvr", "grpo")])
+def test_ablations_train(data_dir: Path, reward: str, advantage: str) -> None:
+    module, steps = fit(data_dir, epochs=3, reward=reward, advantage=advantage)
+    updates = [s for s in steps if "rl/train/pg_loss" in s]
+    assert updates and all(math.isfinite(s["rl/train/pg_loss"]) for s in updates)
+    if reward == "exact":  # 0/1 rewards: no partial credit ever reaches the reward
+        assert all(s["rl/train/reward"] == s["rl/train/exact"] for s in steps)
+    assert torch.isfinite(params(module)).all()
+
+
+def test_lora_policy_uses_disabled_adapter_as_reference(data_dir: Path) -> None:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    module, steps = fit(data_dir, epochs=2, lora=lora)
+    assert module._ref is None and hasattr(module.policy, "disable_adapter")
+    updates = [s for s in steps if "rl/train/kl" in s]
+    assert updates and all(math.isfinite(s["rl/train/kl"]) and s["rl/train/kl"] >= 0 for s in updates)
+    assert any(s["rl/train/kl"] > 0 for s in updates)  # the adapter moved away from the reference
+
+
+def test_all_zero_reward_groups_skip_the_update(data_dir: Path) -> None:
+    # a random tiny policy never writes <think>...<answer>: every group is all zero and filtered out
+    module, steps = fit(data_dir, mode="reason", max_gen_batches=2)
+    assert steps and all(s["rl/train/reward"] == 0.0 and s["rl/train/groups_kept"] == 0.0 for s in steps)
+    assert steps[-1]["rl/train/skipped_updates"] == 1.0
+    assert "rl/train/pg_loss" not in steps[-1]
+    assert torch.isfinite(params(module)).all()
+
+
+def test_nonfinite_old_logprobs_are_masked_and_counted(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = RolloutEngine.logprobs
+
+    def poisoned(self, model, rollout, rows=None, temperature=1.0):
+        out = original(self, model, rollout, rows, temperature)
+        if not torch.is_grad_enabled():  # the old / reference passes
+            out = out.clone()
+            out[0, 0] = math.nan
+            out[1, 0] = math.inf
+        return out
+
+    monkeypatch.setattr(RolloutEngine, "logprobs", poisoned)
+    module, steps = fit(data_dir, epochs=2)
+    updates = [s for s in steps if "rl/train/nonfinite_seqs" in s]
+    assert updates and all(s["rl/train/nonfinite_seqs"] >= 2 for s in updates)
+    assert all(math.isfinite(s["rl/train/pg_loss"]) for s in updates if "rl/train/pg_loss" in s)
+    assert torch.isfinite(params(module)).all()
+
+
+def test_nan_policy_loss_never_steps(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = RolloutEngine.logprobs
+
+    def nan_when_training(self, model, rollout, rows=None, temperature=1.0):
+        out = original(self, model, rollout, rows, temperature)
+        return out * math.nan if torch.is_grad_enabled() else out
+
+    monkeypatch.setattr(RolloutEngine, "logprobs", nan_when_training)
+    L.seed_everything(0)
+    module, steps = fit(data_dir, epochs=2)
+    updates = [s for s in steps if "rl/train/skipped_steps" in s]
+    assert updates and all(s["rl/train/skipped_steps"] >= 1 for s in updates)
+    assert torch.isfinite(params(module)).all()
+
+
+def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = RolloutEngine.generate
+
+    def empty(self, model, messages, sampling):
+        rollout = original(self, model, messages, sampling)
+        rollout.response_ids[:] = self.tokenizer.eos_token_id
+        rollout.response_mask = self.response_mask(rollout.response_ids)
+        rollout.texts = self.decode(rollout.response_ids, rollout.response_mask)
+        return rollout
+
+    monkeypatch.setattr(RolloutEngine, "generate", empty)
+    _, steps = fit(data_dir)
+    assert steps and all(s["rl/train/empty"] == 1.0 and s["rl/train/reward"] == 0.0 for s in steps)
+    assert all(s["rl/train/response_length"] == 1.0 for s in steps)
