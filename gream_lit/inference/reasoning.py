@@ -1,0 +1,294 @@
+"""Reasoning-mode recommendation (spec §8.2): the model thinks, then names the item.
+
+Two decoders over the same left-padded reasoning prompts (a forced ``<think>\\n`` is appended, as the
+official evaluation does):
+
+* ``reason_then_rank`` (ours): HF ``generate`` writes the reasoning (greedy or sampled) until it has
+  opened ``<answer>``; where it did not within ``max_new_tokens``, the answer opening is forced. The
+  ID is then decoded by the trie-constrained beam search conditioned on prompt + reasoning, so every
+  answer is a catalogue item and the beams give a full top-K list from one reasoning chain.
+* ``sample_and_rank`` (official): ``n`` independent samples; each sample's item is the ID in its first
+  ``<answer>`` tag (none, or not a catalogue item: a miss), ranked by the total log-prob of the
+  whole completion, duplicates kept.
+
+``ReasoningSFTModule`` is ``SFTModule`` whose next-item evaluation runs one of these when the data
+module's ``eval_mode`` is ``reasoning``; it logs the share of outputs that parse and a few chains to
+TensorBoard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MeanMetric
+from transformers import GenerationConfig
+
+from gream_lit.data.cot import ANSWER_INTRO, parse_reasoning
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.prefix_tables import PrefixTables
+from gream_lit.modeling.sft_module import SFTModule
+from gream_lit.rl.rollout import Rollout, RolloutEngine, _generation_config
+
+ANSWER_OPEN = "<answer>"
+DECODERS = ("constrained", "sample_rank")
+
+
+@dataclass(frozen=True)
+class ReasoningOptions:
+    """How reasoning-mode outputs are drawn.
+
+    Args:
+        decoder: ``constrained`` (reasoning, then trie-constrained beams) or ``sample_rank`` (official).
+        max_new_tokens: reasoning budget per output (official: 1560).
+        do_sample: sample the reasoning of ``constrained`` (``sample_rank`` always samples).
+        temperature, top_p: sampling settings (official ``sample_rank``: 0.7, 0.9).
+        n: samples per user of ``sample_rank`` (= ranked list length; official: 10).
+        num_beams: answer beams of ``constrained`` (= ranked list length).
+        think_prefix: text forced after the generation prompt.
+        forced_answer: appended to a reasoning that never opened ``<answer>``.
+        forward_batch_size: sequences per forward pass when scoring samples.
+    """
+
+    decoder: str = "constrained"
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    n: int = 10
+    num_beams: int = 10
+    think_prefix: str = "<think>\n"
+    forced_answer: str = "\n\n" + ANSWER_INTRO + ANSWER_OPEN
+    forward_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown reasoning decoder {self.decoder!r}; expected one of {DECODERS}")
+        if min(self.max_new_tokens, self.n, self.num_beams) < 1:
+            raise ValueError(f"max_new_tokens, n and num_beams must be >= 1, got {asdict(self)}")
+
+
+@dataclass
+class ReasoningResult:
+    """Ranked items per user and what the model wrote.
+
+    Attributes:
+        items: ``[B, K]`` item indices, best first; ``-1`` is a miss (unparseable or unknown answer).
+        scores: ``[B, K]`` ranking scores (answer log-prob for ``constrained``, completion log-prob
+            for ``sample_rank``).
+        texts: per user, the best-ranked completion (reasoning and answer).
+        parsed: ``[B, S]`` whether each output parses (closed think block, closed ID-only answer);
+            ``S`` is 1 for ``constrained`` (one chain per user) and ``n`` for ``sample_rank`` (ranked order).
+        answered: ``[B, S]`` whether the model opened ``<answer>`` itself (not forced).
+    """
+
+    items: torch.Tensor
+    scores: torch.Tensor
+    texts: list[str]
+    parsed: torch.Tensor
+    answered: torch.Tensor
+
+
+def append_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts with the same ``tokens`` appended to every row."""
+    extra = torch.tensor(tokens, dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
+    return torch.cat([input_ids, extra], 1), torch.cat([attention_mask, torch.ones_like(extra)], 1)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
+    return ids, mask
+
+
+def cut_at_answer(text: str, forced_answer: str) -> tuple[str, bool]:
+    """Reasoning up to and including the first ``<answer>``, and whether the model wrote it itself;
+    otherwise the whole text with ``forced_answer`` appended."""
+    at = text.find(ANSWER_OPEN)
+    if at >= 0:
+        return text[: at + len(ANSWER_OPEN)], True
+    return text + forced_answer, False
+
+
+def sid_lookup(index: SemanticIndex) -> dict[str, int]:
+    return {index.item_string(i): i for i in range(index.n_items)}
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, input_ids, attention_mask, opts: ReasoningOptions, sample: bool, n: int, stop: bool) -> torch.Tensor:
+    """Generated tokens ``[B * n, T]`` (prompt-major), with the model's own generation defaults swapped out."""
+    sampling = {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": 0} if sample else {}
+    config = GenerationConfig(
+        do_sample=sample,
+        **sampling,
+        max_new_tokens=opts.max_new_tokens,
+        num_return_sequences=n,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[ANSWER_OPEN] if stop else None,
+        use_cache=True,
+    )
+    with _generation_config(model, config):
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            tokenizer=tokenizer if stop else None,
+        )
+    return out[:, input_ids.shape[1] :]
+
+
+def _decode(engine: RolloutEngine, response: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(response, mask, texts)``; an empty generation becomes one padding token (an empty text)."""
+    if response.shape[1] == 0:
+        response = torch.full((response.shape[0], 1), engine.tokenizer.pad_token_id, device=response.device)
+    mask = engine.response_mask(response)
+    return response, mask, engine.decode(response, mask)
+
+
+@torch.no_grad()
+def reason_then_rank(
+    model: torch.nn.Module,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    tables: PrefixTables,
+    opts: ReasoningOptions = ReasoningOptions(),
+) -> ReasoningResult:
+    """One reasoning chain per user, then ``opts.num_beams`` constrained answers (always valid items)."""
+    engine = RolloutEngine(tokenizer)
+    prefix = tokenizer(opts.think_prefix, add_special_tokens=False)["input_ids"]
+    ids, mask = append_tokens(input_ids, attention_mask, prefix)
+    _, _, texts = _decode(engine, _generate(model, tokenizer, ids, mask, opts, opts.do_sample, 1, stop=True))
+    cut = [cut_at_answer(t, opts.forced_answer) for t in texts]
+    rows = []
+    for prompt, m, (reasoning, _) in zip(input_ids.tolist(), attention_mask.tolist(), cut):
+        real = [tok for tok, keep in zip(prompt, m) if keep]
+        rows.append(real + tokenizer(opts.think_prefix + reasoning, add_special_tokens=False)["input_ids"])
+    answer_ids, answer_mask = left_pad(rows, tokenizer.pad_token_id, input_ids.device)
+    beams = constrained_beam_search(model, answer_ids, answer_mask, tables, opts.num_beams)
+    best = tokenizer.batch_decode(beams.tokens[:, 0], skip_special_tokens=False)
+    eos = tokenizer.eos_token or ""
+    full = [reasoning + b.replace(eos, "") + "</answer>" for (reasoning, _), b in zip(cut, best)]
+    return ReasoningResult(
+        items=beams.items,
+        scores=beams.scores,
+        texts=[opts.think_prefix + t for t in full],
+        parsed=torch.tensor([[parse_reasoning(t).ok] for t in full]),
+        answered=torch.tensor([[ok] for _, ok in cut]),
+    )
+
+
+@torch.no_grad()
+def sample_and_rank(
+    model: torch.nn.Module,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    index: SemanticIndex,
+    opts: ReasoningOptions = ReasoningOptions(decoder="sample_rank"),
+    lookup: dict[str, int] | None = None,
+) -> ReasoningResult:
+    """The official reasoning evaluation: ``opts.n`` samples per user ranked by completion log-prob."""
+    lookup = lookup if lookup is not None else sid_lookup(index)
+    engine = RolloutEngine(tokenizer, forward_batch_size=opts.forward_batch_size)
+    prefix = tokenizer(opts.think_prefix, add_special_tokens=False)["input_ids"]
+    ids, mask = append_tokens(input_ids, attention_mask, prefix)
+    response = _generate(model, tokenizer, ids, mask, opts, True, opts.n, stop=False)
+    response, response_mask, texts = _decode(engine, response)
+    rollout = Rollout(
+        ids.repeat_interleave(opts.n, 0), mask.repeat_interleave(opts.n, 0), response, response_mask, texts, opts.n
+    )
+    scores = (engine.logprobs(model, rollout) * response_mask).sum(-1).view(-1, opts.n)
+    parsed = [parse_reasoning(t) for t in texts]
+    items = torch.tensor([lookup.get(p.answer, -1) for p in parsed], device=scores.device).view(-1, opts.n)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    best = (order[:, 0] + torch.arange(order.shape[0], device=order.device) * opts.n).tolist()
+    return ReasoningResult(
+        items=items.gather(1, order),
+        scores=scores.gather(1, order),
+        texts=[opts.think_prefix + texts[i] for i in best],
+        parsed=torch.tensor([p.ok for p in parsed], device=order.device).view(-1, opts.n).gather(1, order),
+        answered=torch.tensor([ANSWER_OPEN in t for t in texts], device=order.device).view(-1, opts.n).gather(1, order),
+    )
+
+
+class ReasoningSFTModule(SFTModule):
+    """``SFTModule`` that evaluates next-item recommendation in reasoning mode.
+
+    Reasoning mode is on when the data module's ``eval_mode`` is ``reasoning`` (its prompts then carry
+    the reasoning system prompt); other evaluation sets (e.g. ``item2index``) stay direct. Logs
+    ``<stage>/<split>/{recall,ndcg,mrr}@k``, ``.../parse_rate`` (outputs that parse),
+    ``.../answer_rate`` (outputs that opened ``<answer>`` unforced) and ``log_examples`` chains per
+    evaluation as TensorBoard text.
+
+    Args:
+        reasoning: ``ReasoningOptions`` (decoder, budgets, sampling).
+        log_examples: reasoning chains written to TensorBoard per evaluation (0 = none).
+        **kwargs: ``SFTModule`` arguments.
+    """
+
+    def __init__(self, reasoning: ReasoningOptions | None = None, log_examples: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+        if isinstance(reasoning, dict):
+            reasoning = ReasoningOptions(**reasoning)
+        self.reasoning = reasoning or ReasoningOptions()
+        self.parse_rates = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.answer_rates = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self._lookup: dict[str, int] | None = None
+
+    def _reasoning_on(self, dataloader_idx: int) -> bool:
+        return dataloader_idx == 0 and getattr(self.trainer.datamodule, "eval_mode", "direct") == "reasoning"
+
+    def reason(self, batch: dict[str, torch.Tensor]) -> ReasoningResult:
+        opts = self.reasoning
+        if opts.decoder == "sample_rank":
+            if self._lookup is None:
+                self._lookup = sid_lookup(self.trainer.datamodule.index)
+            index = self.trainer.datamodule.index
+            return sample_and_rank(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], index, opts, self._lookup)
+        if self.tables.tokens[0].device != self.device:
+            self.tables = self.tables.to(self.device)
+        return reason_then_rank(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.tables, opts)
+
+    def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> None:
+        if not self._reasoning_on(dataloader_idx):
+            self._metrics(split, dataloader_idx).update(self.recommend(batch), batch["target"])
+            return
+        result = self.reason(batch)
+        self._metrics(split, 0).update(result.items, batch["target"])
+        self.parse_rates[split].update(result.parsed.float().to(self.device))
+        self.answer_rates[split].update(result.answered.float().to(self.device))
+        if batch_idx == 0:
+            self._log_chains(split, result.texts[: self.hparams.log_examples])
+
+    def _log_chains(self, split: str, texts: list[str]) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+                for k, text in enumerate(texts):
+                    # markdown would eat the <think>/<answer> tags; a code block shows them verbatim
+                    logger.experiment.add_text(f"{self.hparams.stage}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step)
+
+    def _log_rates(self, split: str) -> None:
+        for name, metric in (("parse_rate", self.parse_rates[split]), ("answer_rate", self.answer_rates[split])):
+            if metric.update_count:
+                self.log(f"{self.hparams.stage}/{split}/{name}", metric.compute())
+                metric.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_rates("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_rates("test")
