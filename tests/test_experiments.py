@@ -1,0 +1,142 @@
+"""Every file in ``experiments/`` parses and resolves, without training anything.
+
+Pipeline experiments (top-level ``stages:``) resolve their includes and, stage by stage, every
+``${...}`` reference against a run directory whose earlier stages are recorded as finished; each
+resolved stage config, like each plain LightningCLI config, must pass LightningCLI's own parsing
+(``--print_config``: class paths import, init arguments match the signatures). ``index build``
+configs must hold only keys the command knows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gream_lit.cli import GreamCLI
+from gream_lit.indexing.cli import _apply_config, _parser
+from gream_lit.pipeline import RunDir, is_pipeline_file, load_experiment, stage_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+FILES = sorted(EXPERIMENTS.glob("*.yaml"))
+# overlays are parsed on top of the file they change (``--config base --config overlay``)
+OVERLAYS = {"rl_scientific_smoke": "rl_scientific"}
+ABLATIONS = {
+    "ablation_no_align": "align",
+    "ablation_no_rl": "rl",
+}
+
+
+def kind(path: Path) -> str:
+    if is_pipeline_file(path):
+        return "pipeline"
+    content = yaml.safe_load(path.read_text())
+    return "lightning" if "model" in content else "index_build"
+
+
+def print_config_exit_code(*config_paths: Path) -> int:
+    """LightningCLI parses the files completely without instantiating anything (``--print_config``);
+    0 when class paths import and every init argument matches its signature."""
+    args = ["fit"] + [arg for path in config_paths for arg in ("--config", str(path))] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        GreamCLI(args=args)
+    return exit_info.value.code or 0
+
+
+def finish_all(exp: dict, run: RunDir) -> None:
+    """Record every stage as finished, with its declared artefacts, so references resolve."""
+    for name, stage in exp["stages"].items():
+        folder = run.stage_dir(name)
+        folder.mkdir(parents=True)
+        artifacts = {k: str(folder / rel) for k, rel in (stage.get("artifacts") or {}).items()}
+        record = {"finished": "2026-01-01T00:00:00", "dir": str(folder), "ckpt": str(folder / "best.ckpt"),
+                  "last_ckpt": str(folder / "last.ckpt"), "artifacts": artifacts}
+        (folder / "DONE").write_text(json.dumps(record))
+
+
+def test_print_config_check_rejects_a_wrong_argument(tmp_path: Path) -> None:
+    config = yaml.safe_load((EXPERIMENTS / "mostpop_scientific.yaml").read_text())
+    config["data"]["init_args"]["no_such_argument"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert print_config_exit_code(path) != 0
+
+
+def test_experiments_folder_has_the_gream_files() -> None:
+    names = {p.stem for p in FILES}
+    expected = {"quickstart", "gream_full", "ablation_no_align", "ablation_no_curriculum", "ablation_no_cot",
+                "ablation_no_rl", "ablation_reward_exact", "ablation_adv_grpo", "ablation_rqvae"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_experiment_file_parses_and_resolves(path: Path, tmp_path: Path, capsys) -> None:
+    file_kind = kind(path)
+    if file_kind == "index_build":
+        args = _apply_config(_parser(), ["build", "--config", str(path)])
+        assert args.method and args.out
+        return
+    if file_kind == "lightning":
+        base = [EXPERIMENTS / f"{OVERLAYS[path.stem]}.yaml"] if path.stem in OVERLAYS else []
+        assert print_config_exit_code(*base, path) == 0
+        return
+    exp = load_experiment(path)
+    assert exp["name"] == path.stem or "name" in yaml.safe_load(path.read_text())
+    run = RunDir(tmp_path / "run")
+    finish_all(exp, run)
+    for stage in exp["stages"]:
+        config = stage_config(exp, run, stage)
+        assert "${" not in json.dumps(config), f"{path.name}: stage {stage} keeps an unresolved reference"
+        config_path = tmp_path / f"{stage}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        assert print_config_exit_code(config_path) == 0, f"{path.name}: stage {stage} does not parse"
+    capsys.readouterr()
+
+
+def test_gream_stages_hand_off_through_the_previous_stage(tmp_path: Path) -> None:
+    """Curriculum reads the aligned model and the index; dropping align hands it the base model."""
+    full = load_experiment(EXPERIMENTS / "gream_full.yaml")
+    assert list(full["stages"]) == ["index", "align", "curriculum", "rl"]
+    run = RunDir(tmp_path / "full")
+    finish_all(full, run)
+    cur = stage_config(full, run, "curriculum")["data"]["init_args"]
+    assert cur["backbone"] == str(run.stage_dir("align") / "hf" / "model")
+    assert cur["index_path"] == str(run.stage_dir("index") / "Scientific.index.json")
+    rl = stage_config(full, run, "rl")
+    assert rl["model"]["init_args"]["backbone"] == str(run.stage_dir("curriculum") / "hf" / "model")
+    assert rl["data"]["init_args"]["index_path"] == cur["index_path"]
+
+    no_align = load_experiment(EXPERIMENTS / "ablation_no_align.yaml")
+    run = RunDir(tmp_path / "no_align")
+    finish_all(no_align, run)
+    assert stage_config(no_align, run, "curriculum")["data"]["init_args"]["backbone"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    "name, stage, key, value",
+    [
+        ("ablation_no_curriculum", "curriculum", "data.init_args.schedule", "none"),
+        ("ablation_no_cot", "curriculum", "data.init_args.cot", False),
+        ("ablation_reward_exact", "rl", "model.init_args.reward", "exact"),
+        ("ablation_adv_grpo", "rl", "model.init_args.advantage", "grpo"),
+        ("ablation_rqvae", "index", "model.class_path", "gream_lit.indexing.rqvae.RQVAE"),
+    ],
+)
+def test_ablation_changes_only_what_it_ablates(name: str, stage: str, key: str, value) -> None:
+    full = load_experiment(EXPERIMENTS / "gream_full.yaml")
+    ablation = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    node = ablation["stages"][stage]
+    for part in key.split("."):
+        node = node[part]
+    assert node == value
+    changed = [s for s in full["stages"] if full["stages"][s] != ablation["stages"][s]]
+    assert changed == [stage]
+
+
+@pytest.mark.parametrize("name, dropped", sorted(ABLATIONS.items()))
+def test_ablation_drops_a_stage(name: str, dropped: str) -> None:
+    full = load_experiment(EXPERIMENTS / "gream_full.yaml")
+    ablation = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    assert list(ablation["stages"]) == [s for s in full["stages"] if s != dropped]

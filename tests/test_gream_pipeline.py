@@ -1,0 +1,124 @@
+"""GREAM's staged pipeline end to end through the real CLI: index -> align -> rl on a tiny random
+chat model and a tiny synthetic catalogue, one or two steps each, the stages handing over files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gream_lit.cli import main
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.modeling.tiny import save_tiny_backbone
+
+N_ITEMS = 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_inputs(root: Path) -> dict[str, str]:
+    """LC-Rec json catalogue (12 items, 10 users), item embeddings in 4 clusters, a tiny chat backbone."""
+    rng = np.random.default_rng(0)
+    data = root / "data"
+    data.mkdir(parents=True)
+    items = {str(i): {"title": f"Widget {i}", "description": f"Part number {i}."} for i in range(N_ITEMS)}
+    inter = {f"u{u}": [int(x) for x in rng.integers(0, N_ITEMS, size=int(rng.integers(5, 8)))] for u in range(10)}
+    (data / "Toy.item.json").write_text(json.dumps(items))
+    (data / "Toy.inter.json").write_text(json.dumps(inter))
+    centres = rng.normal(size=(4, 8)) * 5
+    emb = centres[np.arange(N_ITEMS) % 4] + rng.normal(size=(N_ITEMS, 8))
+    np.save(root / "emb.npy", emb.astype(np.float32))
+    return {"data_dir": str(data), "embeddings": str(root / "emb.npy"),
+            "backbone": save_tiny_backbone(root / "tiny", hidden_size=32, num_layers=1)}
+
+
+def experiment(paths: dict[str, str]) -> dict:
+    trainer = {"max_epochs": 1, "limit_val_batches": 1, "limit_test_batches": 1}
+    return {
+        "name": "tiny_gream",
+        "seed_everything": 0,
+        "defaults": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                                 "num_sanity_val_steps": 0, "log_every_n_steps": 1}},
+        "stages": {
+            "index": {
+                "model": {"class_path": "gream_lit.indexing.rqkmeans_stage.RQKMeansIndex",
+                          "init_args": {"output_path": "${stage_dir}/Toy.index.json", "levels": 2,
+                                        "codebook_size": 4, "max_iter": 10, "n_init": 1}},
+                "data": {"class_path": "gream_lit.indexing.rqvae.ItemEmbeddingDataModule",
+                         "init_args": {"data_dir": paths["data_dir"], "embeddings": paths["embeddings"]}},
+                "trainer": {"max_epochs": 1, "limit_train_batches": 1},
+                "artifacts": {"index": "Toy.index.json"},
+            },
+            "align": {
+                "model": {"class_path": "gream_lit.modeling.sft_module.SFTModule",
+                          "init_args": {"lr": 3e-3, "num_beams": 4, "stage": "align", "lora": {"r": 2, "alpha": 4},
+                                        "export_dir": "${stage_dir}/hf"}},
+                "data": {"class_path": "gream_lit.data.sft_data.AlignmentDataModule",
+                         "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
+                                       "backbone": paths["backbone"], "batch_size": 8, "eval_batch_size": 4,
+                                       "val_users": 4, "max_eval_users": 4}},
+                "trainer": {**trainer, "limit_train_batches": 2},
+                "artifacts": {"model": "hf/model"},
+            },
+            "rl": {
+                "model": {"class_path": "gream_lit.rl.srpo_module.SRPOModule",
+                          "init_args": {"backbone": "${prev.artifacts.model}", "mode": "direct",
+                                        "rollout": {"n": 4, "max_new_tokens": 4},
+                                        "val_sampling": {"n": 2, "max_new_tokens": 4},
+                                        "test_sampling": {"n": 2, "max_new_tokens": 4},
+                                        "update_groups": 1, "max_gen_batches": 1, "mini_batch_groups": 1,
+                                        "pass_k": 2, "lr": 1e-3, "warmup_steps": 1,
+                                        "export_dir": "${stage_dir}/hf/model"}},
+                "data": {"class_path": "gream_lit.data.rl_data.RLDataModule",
+                         "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
+                                       "mode": "direct", "min_history": 2, "batch_size": 2, "eval_batch_size": 4,
+                                       "max_eval_users": 4}},
+                "trainer": {**trainer, "limit_train_batches": 2},
+                "artifacts": {"model": "hf/model"},
+            },
+        },
+    }
+
+
+def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsys) -> None:
+    from transformers import AutoTokenizer
+
+    paths = write_inputs(tmp_path)
+    config = tmp_path / "tiny_gream.yaml"
+    config.write_text(yaml.safe_dump(experiment(paths), sort_keys=False))  # stage order matters
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    capsys.readouterr()
+
+    index = SemanticIndex.from_json(run / "index" / "Toy.index.json", n_items=N_ITEMS)
+    assert index.collisions() == 0
+    assert len({tuple(row[:1]) for row in index.codes}) == 4  # the four embedding clusters
+    align_cfg = yaml.safe_load((run / "align" / "config.yaml").read_text())
+    rl_cfg = yaml.safe_load((run / "rl" / "config.yaml").read_text())
+    assert align_cfg["data"]["init_args"]["index_path"] == str(run / "index" / "Toy.index.json")
+    assert rl_cfg["data"]["init_args"]["index_path"] == str(run / "index" / "Toy.index.json")
+    assert rl_cfg["model"]["init_args"]["backbone"] == str(run / "align" / "hf" / "model")
+    for stage in ("index", "align", "rl"):
+        assert (run / stage / "DONE").is_file()
+    align_metrics = json.loads((run / "align" / "metrics.json").read_text())
+    rl_metrics = json.loads((run / "rl" / "metrics.json").read_text())
+    assert "align/test/ndcg@10" in align_metrics and "rl/test/ndcg@10" in rl_metrics
+    assert "index/test/collision_rate_after" in json.loads((run / "index" / "metrics.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(run / "rl" / "hf" / "model")
+    assert set(index.all_tokens()) <= set(tokenizer.get_vocab())
+
+    # a rerun finds every stage finished and trains nothing
+    done = {stage: (run / stage / "DONE").read_text() for stage in ("index", "align", "rl")}
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    assert done == {stage: (run / stage / "DONE").read_text() for stage in done}
