@@ -10,9 +10,11 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from torch.utils.data import DataLoader, Dataset
 
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.readers import load_catalog
+from gream_lit.data.samplers import UnrepeatedDistributedSampler
 from gream_lit.data.split import LeaveOneOut, leave_one_out
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,20 @@ class CatalogDataModule(L.LightningDataModule):
     def eval_samples(self, split: str):
         samples = self.split.split(split)
         return samples[: self.max_eval_users] if self.max_eval_users else samples
+
+    def eval_loader(self, dataset: Dataset, batch_size: int | None = None, collate_fn=None) -> DataLoader:
+        """Validation/test loader that scores every user exactly once over all processes.
+
+        Lightning would otherwise insert torch's DistributedSampler, which pads an uneven split with
+        repeated users and so biases DDP metrics.
+        """
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.eval_batch_size,
+            sampler=UnrepeatedDistributedSampler(dataset),
+            num_workers=self.num_workers,
+            collate_fn=collate_fn,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

@@ -137,10 +137,10 @@ class RLDataModule(CatalogDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, self.eval_batch_size)
+        return self.eval_loader(self.valid_set, collate_fn=collate_prompts)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
+        return self.eval_loader(self.test_set, collate_fn=collate_prompts)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -77,10 +77,10 @@ class SeqRecDataModule(CatalogDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.valid_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self.eval_loader(self.valid_set)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self.eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

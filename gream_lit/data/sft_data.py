@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.split import Sample
 from gream_lit.data.tasks import (
     DIRECT_EVAL_TEMPLATE,
@@ -264,17 +265,14 @@ class AlignmentDataModule(CatalogDataModule):
         common = {"collate_fn": self._collate_train, "num_workers": self.num_workers}
         if self.bucket_window:
             lengths = [len(r["input_ids"]) for r in self.train_data]
-            sampler = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed)
-            return DataLoader(self.train_data, batch_sampler=sampler, **common)
+            buckets = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed)
+            # Whole buckets dealt to ranks: a bare batch_sampler cannot run under DDP.
+            sampler = BatchesDistributedSampler(buckets, self.batch_size)
+            return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, **common)
         return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, **common)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(
-            self.eval_data[split],
-            batch_size=self.eval_batch_size,
-            collate_fn=self._collate_eval,
-            num_workers=self.num_workers,
-        )
+        return self.eval_loader(self.eval_data[split], collate_fn=self._collate_eval)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.item2index_probe:

@@ -377,7 +377,7 @@ class SRPOModule(L.LightningModule):
             "format": torch.tensor([r.format_ok for r in results], dtype=torch.float32).mean(),
             f"pass@{sampling.n}": exact.amax(1).mean(),
         }
-        self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b)
+        self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=b)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
