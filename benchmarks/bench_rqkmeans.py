@@ -1,4 +1,4 @@
-"""Balanced residual k-means: ours (Sinkhorn prices + capacity rounding + swaps) vs k-means-constrained.
+"""Balanced residual k-means: ours (Sinkhorn prices + deferred acceptance + swaps) vs k-means-constrained.
 
 GREAM's official code runs ``k_means_constrained.KMeansConstrained`` (min-cost flow per Lloyd step) at
 every level. This script runs both on the same embeddings (default: Games MiniLM title embeddings,

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from gream_lit.data.catalog import DataError
-from gream_lit.indexing.kmeans import balanced_assign, kmeans, residual_kmeans, size_bounds
+from gream_lit.indexing.kmeans import (
+    _deferred_acceptance,
+    _fill_underfull,
+    balanced_assign,
+    kmeans,
+    kmeans_pp,
+    residual_kmeans,
+    size_bounds,
+)
 
 
 @pytest.mark.parametrize("n,k,dim", [(100, 7, 5), (64, 8, 3), (257, 16, 8), (33, 32, 4)])
@@ -68,3 +76,29 @@ def test_fewer_items_than_codes_is_an_error() -> None:
 def test_level_count_must_match_codebook_sizes() -> None:
     with pytest.raises(DataError, match="3 levels but 2 codebook sizes"):
         residual_kmeans(np.zeros((10, 2)), 3, [2, 2])
+
+
+def test_deferred_acceptance_keeps_the_cheapest_proposers() -> None:
+    # All three prefer cluster 0 (capacity 2); item 1 loses it, being the costliest there, and takes cluster 1.
+    adj = torch.tensor([[0.0, 5.0, 9.0], [2.0, 3.0, 9.0], [1.0, 8.0, 9.0]])
+    assert _deferred_acceptance(adj, cap=2).tolist() == [0, 1, 0]
+
+
+def test_deferred_acceptance_round_cap_still_respects_capacity() -> None:
+    adj = torch.from_numpy(np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32))
+    adj[:, 0] -= 10.0  # everyone wants cluster 0, so long rejection chains
+    labels = _deferred_acceptance(adj, cap=10, max_rounds=1)
+    assert torch.bincount(labels, minlength=5).tolist() == [10] * 5
+
+
+def test_fill_underfull_moves_the_cheapest_items() -> None:
+    # Sizes 3/1/0 with floor 1: cluster 2 takes item 1 (move cost 1), not item 0 (2) or 2 (4).
+    cost = torch.tensor([[0.0, 9.0, 2.0], [0.0, 9.0, 1.0], [0.0, 9.0, 4.0], [9.0, 0.0, 9.0]])
+    labels = _fill_underfull(cost, torch.tensor([0, 0, 0, 1]))
+    assert labels.tolist() == [0, 2, 0, 1]
+
+
+def test_kmeans_pp_sample_seeds_from_data_points() -> None:
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(300, 4)).astype(np.float32))
+    c = kmeans_pp(x, 5, torch.Generator().manual_seed(0), sample_per_cluster=10)
+    assert c.shape == (5, 4) and all(bool((x == row).all(1).any()) for row in c)

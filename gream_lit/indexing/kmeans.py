@@ -3,9 +3,11 @@
 GREAM's official code balances every level with ``k-means-constrained`` (a min-cost-flow solve per
 Lloyd iteration, cluster sizes n/K ± 1, spec §4.2), which takes minutes to hours at catalogue scale.
 ``balanced_assign`` gets the same guarantee much faster: Sinkhorn dual prices make the nearest-centroid
-choice nearly balanced, a capacity-aware greedy pass rounds it to cluster sizes of exactly
-floor(n/K) or ceil(n/K), and pairwise swaps / single moves that keep those sizes repair the greedy's
-mistakes. Only the assignment changes; centroid updates are plain means.
+choice nearly balanced, vectorised deferred acceptance with capacity ceil(n/K) rounds it, the cheapest
+moves into clusters still below floor(n/K) complete it, and pairwise swaps / single moves that keep the
+sizes repair what rounding lost. ``kmeans(balanced=True)`` runs plain Lloyd steps first and warm-starts
+each balanced step's prices from the previous one, so every step after the first is a few cheap passes.
+Only the assignment changes; centroid updates are plain means.
 """
 
 from __future__ import annotations
@@ -43,17 +45,25 @@ def _check_input(x: torch.Tensor, k: int) -> None:
         raise DataError(f"cannot split {x.shape[0]} items into {k} clusters: need at least as many items as codes")
 
 
-def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (greedy-free variant: one candidate per step)."""
+def kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator, sample_per_cluster: int = 32) -> torch.Tensor:
+    """k-means++ seeding (one candidate per step) on a random sample of ``sample_per_cluster * k`` points.
+
+    Seeding costs one pass over the points per centre; a sample cuts that while Lloyd steps still see all.
+    """
+    if x.shape[0] > sample_per_cluster * k:
+        x = x[torch.randperm(x.shape[0], generator=gen)[: sample_per_cluster * k]]
     n = x.shape[0]
-    centers = [x[torch.randint(n, (1,), generator=gen)]]
-    closest = sq_dists(x, centers[0]).squeeze(1)
+    sq = (x * x).sum(1)
+    idx = torch.randint(n, (1,), generator=gen)
+    chosen = [idx]
+    closest = (sq - 2.0 * x @ x[idx].squeeze(0) + sq[idx]).clamp_min_(0.0)
     for _ in range(1, k):
-        probs = closest / closest.sum() if closest.sum() > 0 else torch.full_like(closest, 1.0 / n)
+        total = closest.sum()
+        probs = closest / total if total > 0 else torch.full_like(closest, 1.0 / n)
         idx = torch.multinomial(probs, 1, generator=gen)
-        centers.append(x[idx])
-        closest = torch.minimum(closest, sq_dists(x, x[idx]).squeeze(1))
-    return torch.cat(centers)
+        chosen.append(idx)
+        torch.minimum(closest, (sq - 2.0 * x @ x[idx].squeeze(0) + sq[idx]).clamp_min_(0.0), out=closest)
+    return x[torch.cat(chosen)]
 
 
 def sinkhorn_prices(
@@ -70,30 +80,74 @@ def sinkhorn_prices(
     return g
 
 
-def _greedy_round(adj: torch.Tensor) -> torch.Tensor:
-    """Assign items, most-regretful first, to their cheapest cluster that still has room.
+def _deferred_acceptance(adj: torch.Tensor, cap: int, max_rounds: int = 30) -> torch.Tensor:
+    """Item-proposing deferred acceptance (Gale-Shapley) with cluster capacity ``cap``, vectorised.
 
-    Every cluster takes ``lo`` items and exactly ``n - lo*k`` clusters take one more, so the final sizes
-    are guaranteed to lie in {lo, hi} whatever the order.
+    Every unassigned item proposes to its cheapest cluster that has not rejected it; every cluster keeps
+    its ``cap`` cheapest proposers. With near-balancing prices most items settle in a few rounds but a
+    long tail of single rejection chains follows, so after ``max_rounds`` the few items still free take
+    their cheapest cluster with room, one by one (refinement repairs what that costs).
     """
     n, k = adj.shape
-    lo, hi = size_bounds(n, k)
-    extras = n - lo * k
-    top2 = adj.topk(2, dim=1, largest=False).values if k > 1 else torch.cat([adj, adj], 1)
-    order = torch.argsort(top2[:, 1] - top2[:, 0], descending=True).tolist()
-    prefs = torch.argsort(adj, dim=1).numpy()
-    sizes = np.zeros(k, dtype=np.int64)
-    labels = np.empty(n, dtype=np.int64)
-    for i in order:
-        for c in prefs[i]:
-            s = sizes[c]
-            if s < lo or (s < hi and extras > 0):
-                if s >= lo:
-                    extras -= 1
-                sizes[c] = s + 1
-                labels[i] = c
-                break
-    return torch.from_numpy(labels)
+    work = adj.clone()
+    labels = torch.full((n,), -1, dtype=torch.long)
+    free = torch.arange(n)
+    for _ in range(max_rounds):
+        if not len(free):
+            return labels
+        labels[free] = work[free].argmin(1)
+        # only clusters that just received proposals can have to reject someone
+        hit = torch.zeros(k, dtype=torch.bool)
+        hit[labels[free]] = True
+        cand = torch.nonzero(hit[labels.clamp_min(0)] & (labels >= 0)).flatten()
+        by_key = cand[adj[cand, labels[cand]].argsort()]
+        ordered = by_key[labels[by_key].argsort(stable=True)]
+        counts = torch.bincount(labels[ordered], minlength=k)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(ordered)) - starts[labels[ordered]]
+        free = ordered[rank >= cap]
+        work[free, labels[free]] = torch.inf
+        labels[free] = -1
+    sizes = torch.bincount(labels[labels >= 0], minlength=k)
+    for i in free.tolist():
+        c = int(adj[i].masked_fill(sizes >= cap, torch.inf).argmin())
+        labels[i] = c
+        sizes[c] += 1
+    return labels
+
+
+def _first_occurrence(v: torch.Tensor) -> torch.Tensor:
+    """Mask of the entries of ``v`` whose value has not appeared earlier in ``v``."""
+    _, inv = torch.unique(v, return_inverse=True)
+    pos = torch.arange(len(v))
+    first = torch.full((int(inv.max()) + 1,), len(v), dtype=torch.long).scatter_reduce_(0, inv, pos, "amin")
+    return first[inv] == pos
+
+
+def _fill_underfull(cost: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Move the cheapest items from clusters above floor(n/K) into clusters below it.
+
+    Each round every underfull cluster takes its cheapest incoming item, at most one item leaving any
+    source cluster, so no source drops below the floor; afterwards all sizes are floor or ceil(n/K).
+    """
+    n, k = cost.shape
+    lo, _ = size_bounds(n, k)
+    labels = labels.clone()
+    rows = torch.arange(n)
+    while True:
+        sizes = torch.bincount(labels, minlength=k)
+        under = torch.nonzero(sizes < lo).flatten()
+        if not len(under):
+            return labels
+        donor = sizes[labels] > lo
+        delta = cost[:, under] - cost[rows, labels][:, None]
+        delta[~donor] = torch.inf
+        pick = delta.argmin(0)
+        gain = delta[pick, torch.arange(len(under))]
+        order = gain.argsort()
+        pick, under = pick[order], under[order]
+        keep = _first_occurrence(pick) & _first_occurrence(labels[pick])
+        labels[pick[keep]] = under[keep]
 
 
 def _refine(cost: torch.Tensor, labels: torch.Tensor, rounds: int = 30) -> torch.Tensor:
@@ -101,6 +155,7 @@ def _refine(cost: torch.Tensor, labels: torch.Tensor, rounds: int = 30) -> torch
     n, k = cost.shape
     lo, hi = size_bounds(n, k)
     labels = labels.clone()
+    min_gain = 1e-7 * float(cost.abs().mean())
     for _ in range(rounds):
         gain = cost.gather(1, labels[:, None]) - cost  # gain[i, b]: saving if i moved to b
         best = torch.full((k, k), -torch.inf, dtype=cost.dtype)
@@ -117,7 +172,7 @@ def _refine(cost: torch.Tensor, labels: torch.Tensor, rounds: int = 30) -> torch
         while True:
             flat = int(score.argmax())
             a, b = divmod(flat, k)
-            if not score[a, b] > 1e-7 * cost.abs().mean():
+            if not score[a, b] > min_gain:
                 break
             in_a = labels == a
             i = int(torch.where(in_a, gain[:, b], -torch.inf).argmax())
@@ -138,8 +193,10 @@ def balanced_assign(
     cost: torch.Tensor, prices: torch.Tensor | None = None, sinkhorn_iters: int = 20, refine_rounds: int = 30
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels with every cluster of size floor(n/K) or ceil(n/K), near-minimal total cost; and the prices."""
+    n, k = cost.shape
     prices = sinkhorn_prices(cost, prices, iters=sinkhorn_iters)
-    labels = _greedy_round(cost - prices[None, :])
+    labels = _deferred_acceptance(cost - prices[None, :], size_bounds(n, k)[1])
+    labels = _fill_underfull(cost, labels)
     labels = _refine(cost, labels, refine_rounds)
     return labels, prices
 
@@ -162,6 +219,29 @@ def _fill_empty(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, 
         labels[far] = empty
 
 
+def _lloyd(
+    x: torch.Tensor, centroids: torch.Tensor, iters: int, tol: float, balanced: bool, prices: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Lloyd steps until the inertia improves by less than ``tol`` (relative); returns centroids, prices, steps."""
+    k = centroids.shape[0]
+    prev, it = math.inf, 0
+    for it in range(1, iters + 1):
+        d = sq_dists(x, centroids)
+        if balanced:
+            # Cheap assignments while centroids move: warm-started prices, no swap refinement.
+            labels, prices = balanced_assign(d, prices, sinkhorn_iters=5 if prices is None else 1, refine_rounds=0)
+        else:
+            labels = d.argmin(1)
+            _fill_empty(x, centroids, labels, d)
+        inertia = float(d.gather(1, labels[:, None]).mean())
+        counts = torch.bincount(labels, minlength=k).clamp_min(1)
+        centroids = torch.zeros_like(centroids).index_add_(0, labels, x) / counts[:, None]
+        if it > 1 and prev - inertia <= tol * prev:
+            break
+        prev = inertia
+    return centroids, prices, it
+
+
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -171,31 +251,25 @@ def kmeans(
     seed: int = 0,
     n_init: int = 1,
 ) -> KMeansResult:
-    """Lloyd's k-means (nearest centroid or size-balanced assignment); best of ``n_init`` seeded runs."""
+    """Lloyd's k-means (nearest centroid or size-balanced assignment); best of ``n_init`` seeded runs.
+
+    Balanced runs first move the centroids with plain Lloyd steps (an argmin each, cheap) for up to half
+    of ``max_iter``, then spend the rest on balanced steps, which start close to their fixed point.
+    """
     _check_input(x, k)
     x = x.float()
     best: KMeansResult | None = None
     for run in range(n_init):
         gen = torch.Generator().manual_seed(seed * 1000 + run)
         centroids = kmeans_pp(x, k, gen)
-        prices, prev, it = None, math.inf, 0
-        for it in range(1, max_iter + 1):
-            d = sq_dists(x, centroids)
-            if balanced:
-                # Cheap assignments while centroids move; the final one below is refined fully.
-                labels, prices = balanced_assign(d, prices, sinkhorn_iters=30 if it == 1 else 5, refine_rounds=2)
-            else:
-                labels = d.argmin(1)
-                _fill_empty(x, centroids, labels, d)
-            inertia = float(d.gather(1, labels[:, None]).mean())
-            counts = torch.bincount(labels, minlength=k).clamp_min(1)
-            centroids = torch.zeros_like(centroids).index_add_(0, labels, x) / counts[:, None]
-            if prev - inertia <= tol * max(prev, 1e-12) and it > 1:
-                break
-            prev = inertia
+        plain_iters = max_iter // 2 if balanced else max_iter
+        centroids, prices, it = _lloyd(x, centroids, plain_iters, tol, False, None)
+        if balanced:
+            centroids, prices, extra = _lloyd(x, centroids, max_iter - it, tol, True, prices)
+            it += extra
         final_d = sq_dists(x, centroids)
         if balanced:
-            labels, _ = balanced_assign(final_d, prices, sinkhorn_iters=10, refine_rounds=50)
+            labels, _ = balanced_assign(final_d, prices, sinkhorn_iters=3 if prices is not None else 30, refine_rounds=50)
         else:
             labels = final_d.argmin(1)
         inertia = float(final_d.gather(1, labels[:, None]).mean())
