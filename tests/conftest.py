@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never reach a model hub: everything loads from disk or is built in code.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,3 +32,12 @@ def scientific_dir() -> Path:
 @pytest.fixture
 def ml100k_dir() -> Path:
     return shared_dataset("ml-100k")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,13 +17,7 @@ from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rollout import RolloutEngine, SamplingConfig, concat_rollouts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -34,13 +34,7 @@ def data_dir(tmp_path: Path) -> Path:
     return write_two_item_catalog(tmp_path / "data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class History(L.Callback):
@@ -247,3 +241,18 @@ def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatc
     _, steps = fit(data_dir)
     assert steps and all(s["rl/train/empty"] == 1.0 and s["rl/train/reward"] == 0.0 for s in steps)
     assert all(s["rl/train/response_length"] == 1.0 for s in steps)
+
+
+def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:
+    """eval_decoding=beam tests with the exact constrained decoder: every ranked item is a real item."""
+    module, _ = fit(data_dir, eval_decoding="beam", num_beams=2)
+    dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct", eval_batch_size=8)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    results = trainer.test(module, datamodule=dm)[0]
+    assert results["rl/test/recall@5"] == pytest.approx(1.0)  # two items, two beams: the target is always listed
+    assert 0.0 < results["rl/test/ndcg@5"] <= 1.0
+
+
+def test_beam_evaluation_needs_direct_mode() -> None:
+    with pytest.raises(ValueError, match="eval_decoding"):
+        SRPOModule(backbone="tiny", tiny=TINY, mode="reason", eval_decoding="beam")

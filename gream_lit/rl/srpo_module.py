@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.inference import PrefixTables, build_prefix_tables, constrained_beam_search, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
@@ -89,6 +90,9 @@ class SRPOModule(L.LightningModule):
         warmup_steps: linear warm-up length in updates (GREAM: 10).
         forward_batch_size: sequences per forward pass when scoring log-probs.
         ks: cut-offs of the validation/test ranking metrics.
+        eval_decoding: ``sample`` (spec §8.2: n samples ranked by log-prob) or, in direct mode,
+            ``beam`` (exact trie-constrained beam search, comparable with the SFT stages' direct tests).
+        num_beams: beams of ``beam`` evaluation.
         log_samples_every: write sample rollouts to TensorBoard every this many generation batches.
         export_dir: if set, ``save_pretrained`` the policy and tokenizer there when training ends.
     """
@@ -121,6 +125,8 @@ class SRPOModule(L.LightningModule):
         grad_clip: float = 1.0,
         forward_batch_size: int = 16,
         ks: tuple[int, ...] = (1, 5, 10),
+        eval_decoding: str = "sample",
+        num_beams: int = 10,
         log_samples_every: int = 10,
         export_dir: str | None = None,
     ) -> None:
@@ -131,6 +137,8 @@ class SRPOModule(L.LightningModule):
             raise ValueError(f"unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
         if advantage not in ADVANTAGES:
             raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
+        if eval_decoding not in ("sample", "beam") or (eval_decoding == "beam" and mode != "direct"):
+            raise ValueError(f"eval_decoding {eval_decoding!r}: expected 'sample', or 'beam' with mode 'direct'")
         # the CLI may hand dataclass arguments over as plain dicts
         self.sampling = {
             "train": _as(SamplingConfig, rollout),
@@ -150,6 +158,7 @@ class SRPOModule(L.LightningModule):
         self._kept = _Kept()
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
+        self._tables: PrefixTables | None = None
         self._gen_batch = 0
         self.val_metrics = ranking_metrics(tuple(ks), prefix="rl/val/")
         self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
@@ -172,6 +181,8 @@ class SRPOModule(L.LightningModule):
         lengths = index.lengths()
         self._direct_len = (int(lengths.min()), int(lengths.max()))
         self._lookup = {index.item_string(i): i for i in range(index.n_items)}
+        if hp.eval_decoding == "beam":
+            self._tables = build_prefix_tables(index_token_ids(index, self.tokenizer), self.tokenizer.eos_token_id)
         if self.lora is None and hp.kl_coef > 0:
             ref = copy.deepcopy(self.policy).eval()
             ref.requires_grad_(False)
@@ -352,8 +363,20 @@ class SRPOModule(L.LightningModule):
         return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
 
     # ---- evaluation -----------------------------------------------------------------------------
+    def _evaluate_beam(self, batch: dict, metrics) -> None:
+        """Direct mode: exact trie-constrained beam search, the same ranking as the SFT stages use."""
+        if self._tables.tokens[0].device != self.device:
+            self._tables = self._tables.to(self.device)
+        ids, mask = self.engine.encode(batch["messages"], self.device)
+        result = constrained_beam_search(self.policy, ids, mask, self._tables, self.hparams.num_beams)
+        metrics.update(result.items.cpu(), torch.tensor(batch["item"]))
+        self.log_dict(metrics, on_epoch=True, batch_size=len(batch["item"]))
+
     def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> None:
         """Sample ``n`` answers per prompt, rank them by the model's total log-prob (spec §8.2), score them."""
+        if self.hparams.eval_decoding == "beam":
+            self._evaluate_beam(batch, metrics)
+            return
         rollout = self.engine.generate(self.policy, batch["messages"], sampling)
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
         with torch.no_grad():
