@@ -245,12 +245,12 @@ def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatc
 
 def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:
     """eval_decoding=beam tests with the exact constrained decoder: every ranked item is a real item."""
-    module, _ = fit(data_dir, eval_decoding="beam", num_beams=2)
+    module, _ = fit(data_dir, eval_decoding="beam", num_beams=2, ks=(1, 2))
     dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct", eval_batch_size=8)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     results = trainer.test(module, datamodule=dm)[0]
-    assert results["rl/test/recall@5"] == pytest.approx(1.0)  # two items, two beams: the target is always listed
-    assert 0.0 < results["rl/test/ndcg@5"] <= 1.0
+    assert results["rl/test/recall@2"] == pytest.approx(1.0)  # two items, two beams: the target is always listed
+    assert 0.0 < results["rl/test/ndcg@2"] <= 1.0
 
 
 def test_beam_evaluation_needs_direct_mode() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -61,6 +63,33 @@ def tiny_chat_tokenizer():
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>")
     tokenizer.add_tokens(["<|im_start|>"], special_tokens=True)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+MARKUP_TOKENS = ("<|im_start|>", "<think>", "</think>", "<answer>", "</answer>")
+TINY_WORDS = ("system", "user", "assistant", "the", "item", "history", "next", "step", "recommend", ",", ".")
+
+
+def tiny_word_tokenizer(words: Sequence[str] = TINY_WORDS):
+    """A word-level ChatML tokenizer with a few dozen tokens; decoding fuses tokens without spaces.
+
+    Short sequences keep RL learning tests fast, and fusing keeps ``<answer><|a_1|><|b_2|></answer>``
+    parseable exactly as a BPE tokenizer decodes it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(MARKUP_TOKENS)})
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 

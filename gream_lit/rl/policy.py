@@ -8,44 +8,15 @@ through the exact code path of a real model in seconds; any other name goes thro
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.modeling.backbone import load_backbone
 from gream_lit.modeling.lora import LoraOptions, apply_lora
-from gream_lit.modeling.tiny import tiny_causal_lm
+from gream_lit.modeling.tiny import TINY_WORDS, tiny_causal_lm, tiny_word_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens, extend_model_vocab, require_index_tokens
 
 log = logging.getLogger(__name__)
-
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-MARKUP_TOKENS = ("<|im_start|>", "<think>", "</think>", "<answer>", "</answer>")
-TINY_WORDS = ("system", "user", "assistant", "the", "item", "history", "next", "step", "recommend", ",", ".")
-
-
-def tiny_chat_tokenizer(words: Sequence[str] = TINY_WORDS) -> PreTrainedTokenizerFast:
-    """A word-level ChatML tokenizer with a few dozen tokens; decoding fuses tokens without spaces.
-
-    Fusing keeps ``<answer><|a_1|><|b_2|></answer>`` parseable exactly as a BPE tokenizer decodes it.
-    """
-    vocab = {"[UNK]": 0}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(MARKUP_TOKENS)})
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
 
 
 def load_policy(
@@ -68,7 +39,7 @@ def load_policy(
     """
     if backbone == "tiny":
         options = dict(tiny or {})
-        tokenizer = tiny_chat_tokenizer(options.pop("words", TINY_WORDS))
+        tokenizer = tiny_word_tokenizer(options.pop("words", TINY_WORDS))
         add_index_tokens(tokenizer, index)
         model = tiny_causal_lm(
             len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **options

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.inference import PrefixTables, build_prefix_tables, constrained_beam_search, index_token_ids
+from gream_lit.inference import DirectEvaluator
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
@@ -158,7 +158,7 @@ class SRPOModule(L.LightningModule):
         self._kept = _Kept()
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
-        self._tables: PrefixTables | None = None
+        self.direct_eval: DirectEvaluator | None = None
         self._gen_batch = 0
         self.val_metrics = ranking_metrics(tuple(ks), prefix="rl/val/")
         self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
@@ -182,7 +182,9 @@ class SRPOModule(L.LightningModule):
         self._direct_len = (int(lengths.min()), int(lengths.max()))
         self._lookup = {index.item_string(i): i for i in range(index.n_items)}
         if hp.eval_decoding == "beam":
-            self._tables = build_prefix_tables(index_token_ids(index, self.tokenizer), self.tokenizer.eos_token_id)
+            self.direct_eval = DirectEvaluator.from_index(
+                index, self.tokenizer, "rl", num_beams=hp.num_beams, ks=tuple(hp.ks)
+            ).to(self.device)
         if self.lora is None and hp.kl_coef > 0:
             ref = copy.deepcopy(self.policy).eval()
             ref.requires_grad_(False)
@@ -363,19 +365,12 @@ class SRPOModule(L.LightningModule):
         return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def _evaluate_beam(self, batch: dict, metrics) -> None:
-        """Direct mode: exact trie-constrained beam search, the same ranking as the SFT stages use."""
-        if self._tables.tokens[0].device != self.device:
-            self._tables = self._tables.to(self.device)
-        ids, mask = self.engine.encode(batch["messages"], self.device)
-        result = constrained_beam_search(self.policy, ids, mask, self._tables, self.hparams.num_beams)
-        metrics.update(result.items.cpu(), torch.tensor(batch["item"]))
-        self.log_dict(metrics, on_epoch=True, batch_size=len(batch["item"]))
-
     def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> None:
         """Sample ``n`` answers per prompt, rank them by the model's total log-prob (spec §8.2), score them."""
-        if self.hparams.eval_decoding == "beam":
-            self._evaluate_beam(batch, metrics)
+        if self.direct_eval is not None:
+            # direct mode, exact trie-constrained beam search: the SFT stages' ranking
+            ids, mask = self.engine.encode(batch["messages"], self.device)
+            self.direct_eval.step(self, self.policy, ids, mask, torch.tensor(batch["item"], device=self.device), split)
             return
         rollout = self.engine.generate(self.policy, batch["messages"], sampling)
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
