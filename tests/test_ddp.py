@@ -70,6 +70,16 @@ class Recorder(L.Callback):
         self._dump(trainer)
 
 
+class DestroyGlooGroup(L.Callback):
+    """Barrier, then destroy the gloo process group before the workers exit. Lightning registers that
+    clean-up at exit for NCCL only; a gloo group left alive lets one rank exit while the other's gloo
+    threads still hold the pair, which aborts it ("terminate called without an active exception")."""
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def read_ranks(folder: Path, tag: str, world: int) -> list[dict]:
     return [json.loads((folder / f"{tag}.rank{r}.json").read_text()) for r in range(world)]
@@ -89,7 +99,7 @@ def trainer(root: Path, devices: int, recorder: Recorder, **kwargs) -> L.Trainer
     return L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
         default_root_dir=root, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder], **kwargs,
+        enable_model_summary=False, callbacks=[recorder, DestroyGlooGroup()], **kwargs,
     )
 
 
