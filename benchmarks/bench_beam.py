@@ -6,12 +6,14 @@ lists should agree up to exact score ties. Prints users/s of both, the speed rat
 users whose lists agree.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_beam.py --models tiny smollm2 --users 16
+    python benchmarks/bench_beam.py --models smollm2-shape --device cuda --dtype bfloat16   # no real weights at hand
     python benchmarks/bench_beam.py --device cuda --dtype bfloat16 --users 256 --batch_size 64
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -30,9 +32,10 @@ from gream_lit.inference import (  # noqa: E402
     index_token_ids,
     tokenize_left_padded,
 )
-from gream_lit.modeling.backbone import load_backbone, load_tokenizer  # noqa: E402
-from gream_lit.modeling.tiny import tiny_causal_lm  # noqa: E402
+from gream_lit.modeling.backbone import load_tokenizer  # noqa: E402
 from gream_lit.modeling.vocab import add_index_tokens  # noqa: E402
+
+from bench_sft import build_model  # noqa: E402
 
 DATA = "../shared/data/amazon18_scientific"
 INDEX = f"{DATA}/indexes/rkmeans_zcr/Scientific.index.json"
@@ -99,18 +102,9 @@ def bench(name: str, args) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     index = SemanticIndex.from_json(args.index)
-    if name == "smollm2":
-        model, tokenizer = load_backbone("smollm2-135m-instruct")
-        add_index_tokens(tokenizer, index)
-        # distinct random rows: the mean-matched default can give every new token the same row
-        # (it falls back to the mean when the covariance is not positive definite), so every item ties
-        torch.manual_seed(0)
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    else:
-        tokenizer = load_tokenizer("smollm2-135m-instruct")
-        add_index_tokens(tokenizer, index)
-        model = tiny_causal_lm(len(tokenizer), hidden_size=64, num_layers=2, seed=0)
-    model = model.to(device=device, dtype=dtype).eval()
+    tokenizer = load_tokenizer()
+    add_index_tokens(tokenizer, index)
+    model = build_model(name, tokenizer).to(device=device, dtype=dtype).eval()
     catalog = load_catalog(args.data, "lcrec")
     split = leave_one_out(catalog, 20)
     samples = [s for s in split.test + split.valid + split.train if len(s.history) == 20][: args.users]
@@ -134,6 +128,8 @@ def bench(name: str, args) -> dict:
     identical, agree = agreement(ours_items, ours_scores, hf_items, hf_scores, atol)
     return {
         "model": name,
+        "device": args.device,
+        "dtype": args.dtype,
         "users": len(samples),
         "prompt_tokens": int(sum(b["attention_mask"].sum() for b in batches) / len(samples)),
         "ours_users_s": len(samples) / t_ours,
@@ -146,9 +142,9 @@ def bench(name: str, args) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", "smollm2-shape"])
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=10)
@@ -156,19 +152,23 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--index", default=INDEX)
-    args = parser.parse_args()
+    parser.add_argument("--jsonl", help="also append each model's result as one JSON line to this file")
+    args = parser.parse_args(argv)
     rows = [bench(name, args) for name in args.models]
     print(f"device={args.device} dtype={args.dtype} beams={args.beams} batch={args.batch_size} threads={torch.get_num_threads()}")
     print(
-        f"{'model':<8} {'users':>5} {'prompt':>6} {'ours u/s':>9} {'HF u/s':>8} {'ratio':>6} "
+        f"{'model':<13} {'users':>5} {'prompt':>6} {'ours u/s':>9} {'HF u/s':>8} {'ratio':>6} "
         f"{'same':>5} {'agree':>5} {'max|dS|':>8} {'HF invalid':>10}"
     )
     for r in rows:
         print(
-            f"{r['model']:<8} {r['users']:>5} {r['prompt_tokens']:>6} {r['ours_users_s']:>9.2f} {r['hf_users_s']:>8.2f} "
+            f"{r['model']:<13} {r['users']:>5} {r['prompt_tokens']:>6} {r['ours_users_s']:>9.2f} {r['hf_users_s']:>8.2f} "
             f"{r['ratio']:>6.2f} {r['identical']:>5.2f} {r['agree']:>5.2f} {r['max_score_diff']:>8.1e} "
             f"{r['hf_invalid']:>10.3f}"
         )
+    if args.jsonl:
+        with open(args.jsonl, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 if __name__ == "__main__":

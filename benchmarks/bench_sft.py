@@ -39,10 +39,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from transformers import DataCollatorForSeq2Seq, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    DataCollatorForSeq2Seq,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from gream_lit.data.sft_data import AlignmentDataModule  # noqa: E402
-from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_backbone  # noqa: E402
+from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_backbone, resolve  # noqa: E402
 from gream_lit.modeling.lora import LoraOptions, apply_lora  # noqa: E402
 from gream_lit.modeling.sft_module import SFTModule  # noqa: E402
 from gream_lit.modeling.tiny import tiny_causal_lm  # noqa: E402
@@ -51,18 +57,30 @@ from gream_lit.modeling.vocab import require_index_tokens  # noqa: E402
 DATA = "../shared/data/amazon18_scientific"
 INDEX = f"{DATA}/indexes/rkmeans_zcr/Scientific.index.json"
 TASKS = ("seqrec", "item2index", "index2item", "fusionseqrec")  # those that need no teacher side info
-MODELS = ("tiny", "small", "smollm2", "qwen3-0.6b")
+MODELS = ("tiny", "small", "smollm2", "smollm2-shape", "qwen3-0.6b")
 
 
 def build_model(name: str, tokenizer) -> torch.nn.Module:
-    """fp32 causal LM over the tokenizer's vocabulary (random weights except ``smollm2``)."""
+    """fp32 causal LM over the tokenizer's vocabulary (random weights except ``smollm2``).
+
+    ``smollm2-shape`` is SmolLM2-135M-Instruct's architecture (its config.json) with random weights:
+    it times the same as ``smollm2`` where the real weights cannot be had (a bare GPU machine).
+    """
     vocab = len(tokenizer)
     if name == "tiny":
         return tiny_causal_lm(vocab, hidden_size=64, num_layers=2, seed=0)
     if name == "small":
         return tiny_causal_lm(vocab, hidden_size=256, num_layers=4, num_heads=4, seed=0)
-    if name == "smollm2":
-        model, _ = load_backbone(DEFAULT_BACKBONE)
+    if name in ("smollm2", "smollm2-shape"):
+        if name == "smollm2":
+            model, _ = load_backbone(DEFAULT_BACKBONE)
+        else:
+            torch.manual_seed(0)
+            config = AutoConfig.from_pretrained(resolve(DEFAULT_BACKBONE))
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # distinct random rows for the ID tokens: the mean-matched default can give every new token the
+        # same row (it falls back to the mean when the covariance is not positive definite), so items tie
+        torch.manual_seed(0)
         model.resize_token_embeddings(vocab, mean_resizing=False)
         return model
     if name == "qwen3-0.6b":

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from gream_lit.inference.prefix_tables import PrefixTables
+
+# transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` during
+# 5.x; pyproject allows any 5.x, so use whichever this install has (5.17 on the GPU image, 5.24 here).
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -66,7 +71,7 @@ class _Stepper:
                 logits_to_keep=1,
             )
             self.positions = self.positions[:, -1:]
-        self.cache = out.cache
+        self.cache = getattr(out, CACHE)
         return out.logits[:, -1]
 
     def expand(self, num_beams: int) -> None:
@@ -107,7 +112,7 @@ class _Stepper:
                 encoder_outputs=self.encoder_outputs,
                 attention_mask=self.mask,
                 decoder_input_ids=tokens,
-                cache=self.cache,
+                **{CACHE: self.cache},
                 use_cache=True,
             )
         else:
@@ -117,11 +122,11 @@ class _Stepper:
                 input_ids=tokens,
                 attention_mask=self.mask,
                 position_ids=self.positions,
-                cache=self.cache,
+                **{CACHE: self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self.cache = out.cache
+        self.cache = getattr(out, CACHE)
         return out.logits[:, -1]
 
 
