@@ -48,6 +48,7 @@ from transformers import (  # noqa: E402
 )
 
 from gream_lit.data.sft_data import AlignmentDataModule  # noqa: E402
+from gream_lit.modeling.attention import avoid_cudnn_attention  # noqa: E402
 from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_backbone, resolve  # noqa: E402
 from gream_lit.modeling.lora import LoraOptions, apply_lora  # noqa: E402
 from gream_lit.modeling.sft_module import SFTModule  # noqa: E402
@@ -174,12 +175,15 @@ class PeakMemory:
 
 
 def ours_step(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+    avoid_cudnn_attention(next(model.parameters()).device)  # as SFTModule.setup does
     module = SFTModule()
     module.model = model
     return lambda batch: module.training_step(batch, 0)
 
 
 def reference_step(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(True)  # PyTorch's default, what a plain HF loop gets
     return lambda batch: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 

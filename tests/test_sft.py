@@ -12,7 +12,7 @@ import yaml
 
 from gream_lit.cli import main
 from gream_lit.data.catalog import DataError
-from gream_lit.data.sft_data import AlignmentDataModule
+from gream_lit.data.sft_data import AlignmentDataModule, label_index
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.modeling.sft_module import assistant_token_loss
 from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm
@@ -132,3 +132,17 @@ def test_full_finetuning_trains_every_weight_and_exports_model(tmp_path):
     assert all(p.requires_grad for p in module.model.parameters())
     assert (tmp_path / "handoff" / "model" / "model.safetensors").is_file()
     assert not (tmp_path / "handoff" / "adapter").exists()
+
+
+def test_label_index_loss_equals_the_boolean_mask_loss():
+    """The collator's flat label positions select the same hidden states as the mask over labels."""
+    torch.manual_seed(0)
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 3, 4, 7, 8]])
+    hidden = torch.randn(2, 5, 8)
+    head = torch.nn.Linear(8, 10)
+    index = label_index(labels)
+    assert index.tolist() == [1, 2, 4, 5, 6, 7]  # positions whose next token is labelled, row-major over [2, 4]
+    expected = assistant_token_loss(hidden, labels, head)
+    assert torch.allclose(assistant_token_loss(hidden, labels, head, index), expected)
+    with pytest.raises(ValueError, match="no labelled"):
+        label_index(torch.full((2, 4), -100))

@@ -116,6 +116,19 @@ def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def label_index(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices into ``[B * (T - 1)]`` of the positions whose next token is labelled.
+
+    Computed here, on the CPU, so the loss can gather those hidden states without a boolean mask,
+    whose data-dependent size would make the GPU wait for the forward pass before the rest of the step
+    can be queued (a small model then runs at the speed of the host).
+    """
+    index = (labels[:, 1:] != IGNORE).reshape(-1).nonzero().squeeze(1)
+    if index.numel() == 0:
+        raise ValueError("batch has no labelled (assistant) tokens")
+    return index
+
+
 class AlignmentDataModule(CatalogDataModule):
     """Alignment SFT data (spec §5.1, §5.4) plus direct-mode evaluation prompts.
 
@@ -248,10 +261,12 @@ class AlignmentDataModule(CatalogDataModule):
 
     def _collate_train(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         ids = pad([r["input_ids"] for r in rows], self.tokenizer.pad_token_id)
+        labels = pad([r["labels"] for r in rows], IGNORE)
         return {
             "input_ids": ids,
             "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0),
-            "labels": pad([r["labels"] for r in rows], IGNORE),
+            "labels": labels,
+            "label_index": label_index(labels),
         }
 
     def _collate_eval(self, rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
 from gream_lit.metrics import ranking_metrics
+from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions, apply_lora
 from gream_lit.modeling.vocab import extend_model_vocab
@@ -27,15 +28,23 @@ log = logging.getLogger(__name__)
 CONSTRAINTS = ("trie", "per_position")
 
 
-def assistant_token_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+def assistant_token_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, label_index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions; the vocabulary projection runs only on
-    the hidden states that predict a label (a few % of a chat sample), not on the whole sequence."""
+    the hidden states that predict a label (a few % of a chat sample), not on the whole sequence.
+
+    ``label_index`` (from the collator, see ``sft_data.label_index``) selects them without a
+    device-to-host sync; without it a boolean mask does the same on any batch.
+    """
     targets = labels[:, 1:]
-    mask = targets != -100
-    if not mask.any():
-        raise ValueError("batch has no labelled (assistant) tokens")
-    logits = head(hidden[:, :-1][mask]).float()
-    return F.cross_entropy(logits, targets[mask])
+    if label_index is None:
+        mask = targets != -100
+        if not mask.any():
+            raise ValueError("batch has no labelled (assistant) tokens")
+        return F.cross_entropy(head(hidden[:, :-1][mask]).float(), targets[mask])
+    rows, cols = label_index // targets.shape[1], label_index % targets.shape[1]
+    return F.cross_entropy(head(hidden[rows, cols]).float(), targets[rows, cols])
 
 
 class SFTModule(L.LightningModule):
@@ -56,6 +65,8 @@ class SFTModule(L.LightningModule):
         export_merged: at the end of fit also write the LoRA-merged model (plain transformers).
         export_dir: where the hand-off folders go (``adapter/``, ``model/``); ``None`` = ``<log_dir>/hf``.
             Pipelines point it at the stage directory so the next stage can find ``model/``.
+        avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see ``attention``):
+            length-bucketed batches change shape every step, which that backend pays for per shape.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class SFTModule(L.LightningModule):
         stage: str = "sft",
         export_merged: bool = True,
         export_dir: str | None = None,
+        avoid_cudnn_attention: bool = True,
     ) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
@@ -82,6 +94,9 @@ class SFTModule(L.LightningModule):
         self.tokenizer = None
         self.tables = None
         self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
+
+    def setup(self, stage: str) -> None:
+        avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -110,11 +125,18 @@ class SFTModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lm = self._causal_lm()
         hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        loss = assistant_token_loss(hidden, batch["labels"], lm.get_output_embeddings())
-        if not torch.isfinite(loss):
+        loss = assistant_token_loss(hidden, batch["labels"], lm.get_output_embeddings(), batch.get("label_index"))
+        if self._check_finite() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log(f"{self.hparams.stage}/train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def _check_finite(self) -> bool:
+        """Every step on the CPU; on an accelerator only at logging steps, since reading the loss makes
+        the host wait for the forward pass before it can queue the backward one."""
+        if self.device.type == "cpu" or self._trainer is None:
+            return True
+        return self.global_step % self.trainer.log_every_n_steps == 0
 
     def recommend(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[B, num_beams]`` ranked items for a batch of direct-mode prompts."""

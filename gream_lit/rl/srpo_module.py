@@ -27,6 +27,7 @@ import torch
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
 from gream_lit.metrics import ranking_metrics
+from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
 from gream_lit.rl.filtering import filter_groups
@@ -95,6 +96,8 @@ class SRPOModule(L.LightningModule):
         num_beams: beams of ``beam`` evaluation.
         log_samples_every: write sample rollouts to TensorBoard every this many generation batches.
         export_dir: if set, ``save_pretrained`` the policy and tokenizer there when training ends.
+        avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see
+            ``gream_lit.modeling.attention``): rollout lengths change every batch.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class SRPOModule(L.LightningModule):
         num_beams: int = 10,
         log_samples_every: int = 10,
         export_dir: str | None = None,
+        avoid_cudnn_attention: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -164,6 +168,9 @@ class SRPOModule(L.LightningModule):
         self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
 
     # ---- building -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
+
     def configure_model(self) -> None:
         """Load the policy once the data module (and so the index) is known."""
         if self.policy is None:
