@@ -14,7 +14,7 @@ from gream_lit.cli import main
 from gream_lit.data.catalog import DataError
 from gream_lit.data.sft_data import AlignmentDataModule, label_index
 from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.modeling.sft_module import assistant_token_loss
+from gream_lit.modeling.sft_module import SFTModule, assistant_token_loss
 from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm
 
 
@@ -146,3 +146,19 @@ def test_label_index_loss_equals_the_boolean_mask_loss():
     assert torch.allclose(assistant_token_loss(hidden, labels, head, index), expected)
     with pytest.raises(ValueError, match="no labelled"):
         label_index(torch.full((2, 4), -100))
+
+
+def test_token_lr_puts_the_id_token_rows_in_their_own_param_group():
+    from gream_lit.modeling.lora import LoraOptions, apply_lora
+
+    base = tiny_causal_lm(40, hidden_size=16, num_layers=1, seed=0)
+    module = SFTModule(lr=1e-3, token_lr=2e-2)
+    module.model = apply_lora(base, LoraOptions(r=2, alpha=4, target_modules=["q_proj"]), [38, 39])
+    rest, tokens = module._param_groups()
+    assert tokens["lr"] == 2e-2 and tokens["weight_decay"] == 0.0 and "lr" not in rest
+    assert [tuple(p.shape) for p in tokens["params"]] == [(2, 16)]  # the two new rows, tied to the head
+    assert all(p.requires_grad for p in rest["params"]) and len(rest["params"]) == 2  # lora_A, lora_B
+
+    module.hparams.token_lr = None
+    [single] = module._param_groups()
+    assert len(single["params"]) == 3

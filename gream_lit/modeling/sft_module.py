@@ -47,6 +47,9 @@ def assistant_token_loss(
     return F.cross_entropy(head(hidden[rows, cols]).float(), targets[rows, cols])
 
 
+TOKEN_ROWS = "trainable_tokens_delta"  # peft's name of the trainable ID-token rows
+
+
 class SFTModule(L.LightningModule):
     """Causal-LM SFT with LoRA (or full fine-tuning) and direct-mode ranking evaluation.
 
@@ -56,6 +59,9 @@ class SFTModule(L.LightningModule):
         lora: LoRA options; ``None`` fine-tunes all parameters.
         embedding_init: init of new ID-token rows: ``hf_default`` or ``text_mean`` (see ``vocab``).
         lr: AdamW peak learning rate.
+        token_lr: peak learning rate of the new ID-token rows under LoRA (``None`` = ``lr``). They start
+            with no meaning and are tied to the output head, so at a LoRA rate they move too slowly
+            for a short run to tell the IDs apart (README, "Quickstart").
         weight_decay: AdamW weight decay.
         warmup_ratio: share of optimizer steps of linear warm-up before the cosine decay.
         num_beams: beams (= ranked list length) of the constrained search.
@@ -75,6 +81,7 @@ class SFTModule(L.LightningModule):
         lora: LoraOptions | None = None,
         embedding_init: str = "hf_default",
         lr: float = 5e-5,
+        token_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
         num_beams: int = 10,
@@ -177,11 +184,20 @@ class SFTModule(L.LightningModule):
         self._log_eval("test")
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _param_groups(self) -> list[dict]:
+        """LoRA (or all) weights at ``lr``; with ``token_lr``, peft's trainable ID-token rows at their own rate."""
+        tokens, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (tokens if TOKEN_ROWS in name else rest).append(p)
+        if self.hparams.token_lr is None or not tokens:
+            return [{"params": tokens + rest}]
+        return [{"params": rest}, {"params": tokens, "lr": self.hparams.token_lr, "weight_decay": 0.0}]
 
     # hand-off artefacts (design §5): save_pretrained folders next to the Lightning checkpoints
     def export_path(self) -> Path:
