@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+TOKEN_ROWS = "trainable_tokens_delta"  # peft's parameter name of the trainable ID-token rows
+
 
 @dataclass
 class LoraOptions:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
+from gream_lit.data.sft_data import label_index as flat_label_index
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
-from gream_lit.modeling.lora import LoraOptions, apply_lora
+from gream_lit.modeling.lora import TOKEN_ROWS, LoraOptions, apply_lora
 from gream_lit.modeling.vocab import extend_model_vocab
 
 log = logging.getLogger(__name__)
@@ -34,20 +35,14 @@ def assistant_token_loss(
     """Mean next-token cross-entropy over labelled positions; the vocabulary projection runs only on
     the hidden states that predict a label (a few % of a chat sample), not on the whole sequence.
 
-    ``label_index`` (from the collator, see ``sft_data.label_index``) selects them without a
-    device-to-host sync; without it a boolean mask does the same on any batch.
+    ``label_index`` comes from the collator (``sft_data.label_index``), computed on the host so that
+    picking the positions needs no device sync; without it, it is computed here from ``labels``.
     """
     targets = labels[:, 1:]
     if label_index is None:
-        mask = targets != -100
-        if not mask.any():
-            raise ValueError("batch has no labelled (assistant) tokens")
-        return F.cross_entropy(head(hidden[:, :-1][mask]).float(), targets[mask])
+        label_index = flat_label_index(labels)
     rows, cols = label_index // targets.shape[1], label_index % targets.shape[1]
     return F.cross_entropy(head(hidden[rows, cols]).float(), targets[rows, cols])
-
-
-TOKEN_ROWS = "trainable_tokens_delta"  # peft's name of the trainable ID-token rows
 
 
 class SFTModule(L.LightningModule):
