@@ -25,8 +25,40 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def explicit_model_keys(args: list[str]) -> list[str]:
+    """Config keys of the ``--model.…`` flags on a command line, in ``model.init_args.…`` form."""
+    keys = []
+    for arg in args:
+        if not arg.startswith("--model."):
+            continue
+        key = arg[2:].split("=", 1)[0].removesuffix("+")
+        if not key.startswith(("model.init_args.", "model.class_path", "model.dict_kwargs.")):
+            key = "model.init_args." + key.removeprefix("model.")
+        keys.append(key)
+    return keys
+
+
 class GreamCLI(LightningCLI):
-    """LightningCLI that tests the best checkpoint after ``fit`` and prints every metric table."""
+    """LightningCLI that tests the best checkpoint after ``fit`` and prints every metric table.
+
+    With ``--ckpt_path``, Lightning parses the checkpoint's hyperparameters over the whole config,
+    which silently discards ``--model.…`` flags (e.g. a new decoding option for ``test``); here the
+    checkpoint fills the model's arguments and the command line's model flags still win.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._argv = list(kwargs.get("args") or sys.argv[1:])
+        super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].clone() if subcommand else None
+        super()._parse_ckpt_path()
+        if before is None:
+            return
+        for key in explicit_model_keys(self._argv):
+            if key in before:
+                self.config[subcommand][key] = before[key]
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")

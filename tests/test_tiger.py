@@ -11,7 +11,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gream_lit.baselines.tiger import Tiger
-from gream_lit.cli import main
+from gream_lit.cli import GreamCLI, explicit_model_keys, main
 from gream_lit.data.tiger_data import EOS, PAD, TigerDataModule, TigerVocab, collate
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
@@ -110,3 +110,27 @@ data:
     assert len(lines) == 30
     assert len(lines[0]["items"]) == 10 and lines[0]["titles"][0] == f"item {lines[0]['items'][0]}"
     assert lines[0]["scores"] == sorted(lines[0]["scores"], reverse=True)
+
+
+def test_command_line_model_flags_beat_checkpoint_hparams(tmp_path: Path, monkeypatch) -> None:
+    """Lightning applies a checkpoint's hparams over the config; our CLI keeps explicit --model flags."""
+    monkeypatch.chdir(tmp_path)
+    folder = write_catalog(tmp_path / "toy")
+    config = tmp_path / "tiger.yaml"
+    config.write_text(f"""
+trainer: {{max_steps: 1, logger: false, enable_progress_bar: false, default_root_dir: {tmp_path / 'run'}}}
+model:
+  class_path: gream_lit.baselines.tiger.Tiger
+  init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
+data:
+  class_path: gream_lit.data.tiger_data.TigerDataModule
+  init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
+""")
+    assert main(["fit", "--config", str(config), "--model.init_args.warmup_steps", "3", "--test_after_fit", "false"]) == 0
+    ckpt = str(next((tmp_path / "run").rglob("*.ckpt")))
+    base = ["validate", "--config", str(config), "--ckpt_path", ckpt]
+    assert GreamCLI(args=base, save_config_kwargs={"overwrite": True}).model.hparams.warmup_steps == 3  # from the checkpoint
+    for flag in (["--model.init_args.warmup_steps", "7"], ["--model.warmup_steps=7"]):
+        assert GreamCLI(args=base + flag, save_config_kwargs={"overwrite": True}).model.hparams.warmup_steps == 7
+    assert explicit_model_keys(["--model.init_args.reasoning.n", "3", "--data.x", "--model.lr=1"]) == [
+        "model.init_args.reasoning.n", "model.init_args.lr"]
