@@ -120,18 +120,19 @@ def test_response_layout_and_parse_roundtrip():
 
 
 @pytest.mark.parametrize(
-    "text, ok, answer",
+    "text, failure, answer",
     [
-        ("Step 1 </think> <answer><a_1><b_2></answer>", True, ["<a_1>", "<b_2>"]),  # LC-Rec style tokens
-        ("<think>no close <answer><|a_1|></answer>", False, ["<|a_1|>"]),
-        ("</think> <answer><|a_1|> maybe</answer>", False, ["<|a_1|>"]),
-        ("</think> <answer><|a_1|><|b_2|>", False, ["<|a_1|>", "<|b_2|>"]),  # unclosed: official regex still reads it
-        ("</think> the answer is shoes", False, []),
+        ("Step 1 </think> <answer><a_1><b_2></answer>", None, ["<a_1>", "<b_2>"]),  # LC-Rec style tokens
+        ("<think>no close <answer><|a_1|></answer>", "unclosed_think", ["<|a_1|>"]),
+        ("</think> <answer><|a_1|> maybe</answer>", "answer_not_id", ["<|a_1|>"]),
+        ("</think> <answer>shoes</answer>", "answer_not_id", []),
+        ("</think> <answer><|a_1|><|b_2|>", "answer_unclosed", ["<|a_1|>", "<|b_2|>"]),  # official regex still reads it
+        ("</think> the answer is shoes", "no_answer", []),
     ],
 )
-def test_parse_malformed(text, ok, answer):
+def test_parse_malformed(text, failure, answer):
     p = parse_reasoning(text)
-    assert p.ok is ok and p.answer_tokens == answer
+    assert p.failure == failure and p.ok is (failure is None) and p.answer_tokens == answer
 
 
 def test_cot_targets_follow_spec():

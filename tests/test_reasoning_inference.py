@@ -9,7 +9,14 @@ import torch
 import gream_lit.inference.reasoning as reasoning
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
-from gream_lit.inference.reasoning import ReasoningOptions, cut_at_answer, reason_then_rank, sample_and_rank
+from gream_lit.inference.reasoning import (
+    NoRepeatNGramInResponse,
+    ReasoningOptions,
+    cut_at_answer,
+    failure_shares,
+    reason_then_rank,
+    sample_and_rank,
+)
 from gream_lit.inference.recommend import tokenize_left_padded
 from gream_lit.modeling.tiny import tiny_causal_lm, tiny_chat_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens
@@ -72,6 +79,15 @@ def test_random_model_answers_are_always_catalogue_items(setup):
     assert (result.scores[:, :-1] >= result.scores[:, 1:]).all()
     assert not result.answered.any()  # a random model never opens <answer>: it was forced
     assert all(t.startswith(THINK) and "<answer>" in t for t in result.texts)
+    assert result.failures[:, 0].tolist() == [1.0, 1.0]  # six tokens never closed the think block
+
+    guarded = ReasoningOptions(max_new_tokens=40, no_repeat_ngram=2)
+    out = reasoning._generate(model, tok, enc["input_ids"], enc["attention_mask"], guarded, False, 1, stop=False)
+    for row in out.tolist():  # the guard reaches generate: no bigram repeats within a response
+        row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
+        assert len(list(zip(row, row[1:]))) == len(set(zip(row, row[1:])))
+    unguarded = reasoning._generate(model, tok, enc["input_ids"], enc["attention_mask"], ReasoningOptions(max_new_tokens=40), False, 1, stop=False)
+    assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in unguarded.tolist())  # a random model does repeat
 
 
 def test_trained_model_reasons_then_answers(setup, trained):
@@ -111,4 +127,28 @@ def test_sample_and_rank_parses_ranks_by_logprob_and_counts_misses(setup, monkey
     assert result.items[0].tolist() == [[3, -1, 5][i] for i in order]
     assert result.scores[0].tolist() == pytest.approx([expected[i] for i in order], abs=1e-4)
     assert result.parsed[0].tolist() == [[True, False, True][i] for i in order]
+    assert result.failures[0].tolist() == pytest.approx([1 / 3, 0, 0, 0])  # "I cannot tell" never closed </think>
     assert result.texts[0] == THINK + texts[order[0]]
+
+
+def test_failure_shares_average_each_users_outputs():
+    shares = failure_shares([None, "no_answer", "unclosed_think", "unclosed_think"], per_user=2)
+    assert shares.tolist() == [[0.0, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+
+
+def test_no_repeat_ngram_bans_response_repeats_but_not_prompt_ngrams():
+    ban = NoRepeatNGramInResponse(2, prompt_length=3)
+    scores = torch.zeros(1, 10)
+    # prompt 5 6 5, response 6 5 6: the bigram (6, 5) was generated, so after a 6, token 5 is banned...
+    out = ban(torch.tensor([[5, 6, 5, 6, 5, 6]]), scores.clone())
+    assert out[0, 5] == -float("inf") and torch.isfinite(out[0, [0, 1, 2, 3, 4, 6, 7, 8, 9]]).all()
+    # ...but the prompt's (5, 6) does not ban 6 after the response's first 5
+    out = ban(torch.tensor([[5, 6, 5, 7, 5]]), scores.clone())
+    assert torch.isfinite(out).all()
+
+
+def test_options_reject_bad_repetition_settings():
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        ReasoningOptions(repetition_penalty=0)
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        ReasoningOptions(no_repeat_ngram=-1)

@@ -53,6 +53,7 @@ REASONING_EVAL_TEMPLATE = REASONING_TEMPLATES[0]
 REWRITE_INTRO = "Let's rewrite user's purchase history: "
 ANSWER_INTRO = "Based on the above analysis, the recommended product is "
 REWRITE_MODES = ("denoise", "copy")
+PARSE_FAILURES = ("unclosed_think", "no_answer", "answer_not_id", "answer_unclosed")
 FILTERS = ("missing_step", "empty_step", "leaked_id", "leaked_title", "too_long")
 STEP_LABELS = {1: "analyze the purchase history", 2: "build user preferences", 3: "uncover purchase intent"}
 
@@ -147,13 +148,15 @@ class ParsedReasoning:
 
     ``think`` is None when ``</think>`` is missing; ``rewrite`` holds the rewritten history's IDs;
     ``answer_tokens`` the ID tokens right after the first ``<answer>`` (as the official regex reads
-    them). ``ok``: the think block is closed and the answer tag is closed around ID tokens only.
+    them). ``ok``: the think block is closed and the answer tag is closed around ID tokens only;
+    ``failure`` names the first rule a failed output breaks (one of ``PARSE_FAILURES``), None when ok.
     """
 
     think: str | None
     rewrite: list[str]
     answer_tokens: list[str]
     ok: bool
+    failure: str | None = None
 
     @property
     def answer(self) -> str:
@@ -173,15 +176,24 @@ def parse_reasoning(text: str) -> ParsedReasoning:
         line = m.group(1).split("<answer>")[0].rstrip().rstrip(".")
         rewrite = [part.strip() for part in line.split(",") if _SID_RE.fullmatch(part.strip())]
     answer_tokens: list[str] = []
-    closed_clean = False
+    clean_id = False
     a = _ANSWER_RE.search(rest)
     if a:
-        inner = a.group(1)
-        lead = _SID_RE.match(inner.strip())
+        inner = a.group(1).strip()
+        lead = _SID_RE.match(inner)
         answer_tokens = _ID_RE.findall(lead.group(0)) if lead else []
-        closed_clean = bool(a.group(2)) and bool(lead) and lead.group(0) == inner.strip()
-    ok = think is not None and bool(answer_tokens) and closed_clean
-    return ParsedReasoning(think, rewrite, answer_tokens, ok)
+        clean_id = bool(lead) and lead.group(0) == inner
+    if think is None:
+        failure = "unclosed_think"
+    elif not a:
+        failure = "no_answer"
+    elif not a.group(2):
+        failure = "answer_unclosed"
+    elif not clean_id:
+        failure = "answer_not_id"
+    else:
+        failure = None
+    return ParsedReasoning(think, rewrite, answer_tokens, failure is None, failure)
 
 
 # ---------------------------------------------------------------- samples

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
-from gream_lit.data.cot import ANSWER_INTRO, parse_reasoning
+from gream_lit.data.cot import ANSWER_INTRO, PARSE_FAILURES, parse_reasoning
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables
@@ -47,6 +47,11 @@ class ReasoningOptions:
         temperature, top_p: sampling settings (official ``sample_rank``: 0.7, 0.9).
         n: samples per user of ``sample_rank`` (= ranked list length; official: 10).
         num_beams: answer beams of ``constrained`` (= ranked list length).
+        repetition_penalty: HF's penalty on every token already in prompt or output (1.0 = off).
+        no_repeat_ngram: ban repeating any n-gram of this many tokens within the generated text only
+            (0 = off). Greedy decoding of a small model can loop on a phrase until the budget runs out,
+            leaving the think block unclosed; HF's own ``no_repeat_ngram_size`` would also ban n-grams
+            of the prompt, whose system text spells out the step headers the model must write.
         think_prefix: text forced after the generation prompt.
         forced_answer: appended to a reasoning that never opened ``<answer>``.
         forward_batch_size: sequences per forward pass when scoring samples.
@@ -59,6 +64,8 @@ class ReasoningOptions:
     top_p: float = 0.9
     n: int = 10
     num_beams: int = 10
+    repetition_penalty: float = 1.0
+    no_repeat_ngram: int = 0
     think_prefix: str = "<think>\n"
     forced_answer: str = "\n\n" + ANSWER_INTRO + ANSWER_OPEN
     forward_batch_size: int = 16
@@ -68,6 +75,8 @@ class ReasoningOptions:
             raise ValueError(f"unknown reasoning decoder {self.decoder!r}; expected one of {DECODERS}")
         if min(self.max_new_tokens, self.n, self.num_beams) < 1:
             raise ValueError(f"max_new_tokens, n and num_beams must be >= 1, got {asdict(self)}")
+        if self.repetition_penalty <= 0 or self.no_repeat_ngram < 0:
+            raise ValueError(f"repetition_penalty must be > 0 and no_repeat_ngram >= 0, got {asdict(self)}")
 
 
 @dataclass
@@ -82,6 +91,7 @@ class ReasoningResult:
         parsed: ``[B, S]`` whether each output parses (closed think block, closed ID-only answer);
             ``S`` is 1 for ``constrained`` (one chain per user) and ``n`` for ``sample_rank`` (ranked order).
         answered: ``[B, S]`` whether the model opened ``<answer>`` itself (not forced).
+        failures: ``[B, len(PARSE_FAILURES)]`` share of each user's outputs failing for each cause.
     """
 
     items: torch.Tensor
@@ -89,6 +99,24 @@ class ReasoningResult:
     texts: list[str]
     parsed: torch.Tensor
     answered: torch.Tensor
+    failures: torch.Tensor
+
+
+def failure_shares(failures: list[str | None], per_user: int) -> torch.Tensor:
+    """``[B, len(PARSE_FAILURES)]``: per user, the share of its ``per_user`` outputs failing for each cause."""
+    onehot = torch.tensor([[float(f == cause) for cause in PARSE_FAILURES] for f in failures])
+    return onehot.view(-1, per_user, len(PARSE_FAILURES)).mean(1)
+
+
+class NoRepeatNGramInResponse(NoRepeatNGramLogitsProcessor):
+    """HF's n-gram ban applied to the generated tokens only (the prompt's n-grams stay allowed)."""
+
+    def __init__(self, ngram_size: int, prompt_length: int) -> None:
+        super().__init__(ngram_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return super().__call__(input_ids[:, self.prompt_length :], scores)
 
 
 def append_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,13 +157,18 @@ def _generate(model, tokenizer, input_ids, attention_mask, opts: ReasoningOption
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         stop_strings=[ANSWER_OPEN] if stop else None,
+        repetition_penalty=opts.repetition_penalty,
         use_cache=True,
     )
+    processors = LogitsProcessorList()
+    if opts.no_repeat_ngram:
+        processors.append(NoRepeatNGramInResponse(opts.no_repeat_ngram, input_ids.shape[1]))
     with _generation_config(model, config):
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=config,
+            logits_processor=processors,
             tokenizer=tokenizer if stop else None,
         )
     return out[:, input_ids.shape[1] :]
@@ -173,12 +206,14 @@ def reason_then_rank(
     best = tokenizer.batch_decode(beams.tokens[:, 0], skip_special_tokens=False)
     eos = tokenizer.eos_token or ""
     full = [reasoning + b.replace(eos, "") + "</answer>" for (reasoning, _), b in zip(cut, best)]
+    parsed = [parse_reasoning(t) for t in full]
     return ReasoningResult(
         items=beams.items,
         scores=beams.scores,
         texts=[opts.think_prefix + t for t in full],
-        parsed=torch.tensor([[parse_reasoning(t).ok] for t in full]),
+        parsed=torch.tensor([[p.ok] for p in parsed]),
         answered=torch.tensor([[ok] for _, ok in cut]),
+        failures=failure_shares([p.failure for p in parsed], 1),
     )
 
 
@@ -213,6 +248,7 @@ def sample_and_rank(
         texts=[opts.think_prefix + texts[i] for i in best],
         parsed=torch.tensor([p.ok for p in parsed], device=order.device).view(-1, opts.n).gather(1, order),
         answered=torch.tensor([ANSWER_OPEN in t for t in texts], device=order.device).view(-1, opts.n).gather(1, order),
+        failures=failure_shares([p.failure for p in parsed], opts.n),
     )
 
 
@@ -222,8 +258,9 @@ class ReasoningSFTModule(SFTModule):
     Reasoning mode is on when the data module's ``eval_mode`` is ``reasoning`` (its prompts then carry
     the reasoning system prompt); other evaluation sets (e.g. ``item2index``) stay direct. Logs
     ``<stage>/<split>/{recall,ndcg,mrr}@k``, ``.../parse_rate`` (outputs that parse),
-    ``.../answer_rate`` (outputs that opened ``<answer>`` unforced) and ``log_examples`` chains per
-    evaluation as TensorBoard text.
+    ``.../answer_rate`` (outputs that opened ``<answer>`` unforced), ``.../parse_fail/<cause>`` (share of
+    outputs failing for each of ``PARSE_FAILURES``) and ``log_examples`` chains per evaluation as
+    TensorBoard text.
 
     Args:
         reasoning: ``ReasoningOptions`` (decoder, budgets, sampling).
@@ -239,6 +276,9 @@ class ReasoningSFTModule(SFTModule):
         self.reasoning = reasoning or ReasoningOptions()
         self.parse_rates = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self.answer_rates = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.failure_rates = torch.nn.ModuleDict(
+            {f"{s}_{cause}": MeanMetric() for s in ("val", "test") for cause in PARSE_FAILURES}
+        )
         self._lookup: dict[str, int] | None = None
 
     def _reasoning_on(self, dataloader_idx: int) -> bool:
@@ -263,6 +303,8 @@ class ReasoningSFTModule(SFTModule):
         self._metrics(split, 0).update(result.items, batch["target"])
         self.parse_rates[split].update(result.parsed.float().to(self.device))
         self.answer_rates[split].update(result.answered.float().to(self.device))
+        for k, cause in enumerate(PARSE_FAILURES):
+            self.failure_rates[f"{split}_{cause}"].update(result.failures[:, k].to(self.device))
         if batch_idx == 0:
             self._log_chains(split, result.texts[: self.hparams.log_examples])
 
@@ -274,7 +316,9 @@ class ReasoningSFTModule(SFTModule):
                     logger.experiment.add_text(f"{self.hparams.stage}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step)
 
     def _log_rates(self, split: str) -> None:
-        for name, metric in (("parse_rate", self.parse_rates[split]), ("answer_rate", self.answer_rates[split])):
+        rates = [("parse_rate", self.parse_rates[split]), ("answer_rate", self.answer_rates[split])]
+        rates += [(f"parse_fail/{c}", self.failure_rates[f"{split}_{c}"]) for c in PARSE_FAILURES]
+        for name, metric in rates:
             if metric.update_count:
                 self.log(f"{self.hparams.stage}/{split}/{name}", metric.compute())
                 metric.reset()
