@@ -21,7 +21,8 @@ from gream_lit.data.teachers import (
     build_teacher,
     build_user_side_info,
 )
-from gream_lit.data.teachers.prompts import cot_messages, parse_item_blocks
+from gream_lit.data.cot import missing_steps, strip_step4
+from gream_lit.data.teachers.prompts import COT_STEP_HEADERS, cot_messages, parse_item_blocks
 from gream_lit.modeling.tiny import tiny_causal_lm
 
 
@@ -217,6 +218,21 @@ def test_hf_teacher_batches_in_order_and_is_deterministic():
     assert seen == [0, 1, 2] and len(out) == 3 and all(isinstance(t, str) and t for t in out)
     assert teacher.complete_many(batch) == out
     assert teacher.teacher_id == "hf:tiny:greedy:max4"
+
+
+def test_hf_teacher_guided_steps_write_every_header_in_order():
+    from gream_lit.modeling.tiny import tiny_chat_tokenizer as byte_level_chat_tokenizer  # HF stop strings need it
+
+    tok = byte_level_chat_tokenizer()
+    model = tiny_causal_lm(len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    teacher = HFTeacher("tiny", model=model, tokenizer=tok, max_new_tokens=24, batch_size=2, guided_steps=True)
+    out = teacher.complete_many([msgs("w1 w2 w3"), msgs("w4"), msgs("w5 w6")])
+    for text in out:  # a random model writes junk, but the layout is fixed: one line per step
+        lines = text.split("\n")
+        assert [line[: len(h)] for line, h in zip(lines, COT_STEP_HEADERS)] == list(COT_STEP_HEADERS)
+        assert len(lines) == 4 and strip_step4(text) is not None and not missing_steps(strip_step4(text))
+    assert teacher.teacher_id == "hf:tiny:greedy:max24:guided4"  # a cache never mixes guided and free answers
+    assert teacher.step_generation.max_new_tokens == 6
 
 
 def test_build_teacher_from_config(tmp_path):

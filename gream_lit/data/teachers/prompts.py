@@ -26,6 +26,13 @@ Step 4: Recommend the item - describe the kind of item to recommend, with its li
 
 Be concise and output only the four steps."""
 
+COT_STEP_HEADERS = (
+    "Step 1: Analyze the purchase history.",
+    "Step 2: Build user preferences.",
+    "Step 3: Uncover purchase intent.",
+    "Step 4: Recommend the item.",
+)
+
 PREFERENCE_PROMPTS = {
     "summary": (
         "You read a customer's purchase history and describe their preferences in two or three sentences, in "
