@@ -36,6 +36,18 @@ def _join(words: list[str], empty: str) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def _kind(item: dict[str, str], unknown: str) -> str:
+    """"Leaf (Parent)" category, the short name a student that sees only semantic IDs can learn to write
+    (quoting a title it never sees made SmolLM2 invent one and loop on it); ``unknown`` without one."""
+    leaf, parent = leaf_category(item), parent_category(item)
+    return f"{leaf} ({parent})" if parent else leaf or unknown
+
+
+def _from_brand(item: dict[str, str]) -> str:
+    brand = item.get("brand", "").rstrip(".")
+    return f" from {brand}" if brand else ""
+
+
 class TemplateTeacher(Teacher):
     """Answers CoT, preference and intention requests from metadata; ``keywords`` decides which words
     are informative (fit it on the catalogue with ``from_catalog``)."""
@@ -55,7 +67,7 @@ class TemplateTeacher(Teacher):
 
     @property
     def teacher_id(self) -> str:
-        return f"template:v2:k{self.n_keywords}:df{self.kw.max_df}"
+        return f"template:v3:k{self.n_keywords}:df{self.kw.max_df}"
 
     def complete(self, messages: Messages) -> str:
         validate_messages(messages)
@@ -84,11 +96,13 @@ class TemplateTeacher(Teacher):
         target, last = targets[0], history[-1]
         cats = self._top_categories(history, 3)
         brands = Counter(b for b in (h.get("brand", "").rstrip(".") for h in history) if b).most_common(2)
+        recent = self.kw.keywords(item_document(last))[:2]
+        latest = f"\"{last.get('title', '').rstrip('.')}\""  # only where the catalogue has no categories
         cat_text = f", mostly {_join([f'{c} ({n})' for c, n in cats], '')}" if cats else ""
         brand_text = f"; brands include {_join([b for b, _ in brands], '')}" if brands else ""
         step1 = (
             f"Step 1: Analyze the purchase history. The user bought {len(history)} items{cat_text}{brand_text}. "
-            f"The latest purchase is \"{last.get('title', '').rstrip('.')}\"."
+            f"The latest purchase is {_kind(last, latest)}{_from_brand(last)}."
         )
         loyal = [b for b, n in brands if n >= 2]
         step2 = (
@@ -96,13 +110,11 @@ class TemplateTeacher(Teacher):
             f"{_join(self._top_words(history, self.n_keywords + 1), 'practical everyday items')}"
             + (f" and seems loyal to {loyal[0]}." if loyal else ".")
         )
-        recent = self.kw.keywords(item_document(last))[:2]
         wanted = self.kw.keywords(item_document(target))[: self.n_keywords]
-        leaf, parent = leaf_category(target), parent_category(target)
-        kind = f"{leaf} ({parent})" if parent else leaf or "a related item"
         step3 = (
             f"Step 3: Uncover purchase intent. Building on the recent interest in {_join(recent, 'these items')}, "
-            f"the user most likely needs {kind} next, something involving {_join(wanted, 'the same use')}."
+            f"the user most likely needs {_kind(target, 'a related item')} next, something involving "
+            f"{_join(wanted, 'the same use')}."
         )
         brand = target.get("brand") or "any brand"
         step4 = f"Step 4: Recommend the item. Recommend {target.get('title', '')} by {brand}."
