@@ -12,6 +12,7 @@ from transformers import GenerationConfig
 from gream_lit.data.catalog import DataError
 from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
 from gream_lit.data.rl_data import RLDataModule
+from gream_lit.data.tasks.builders import SYSTEM_PROMPT
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rollout import RolloutEngine, SamplingConfig, concat_rollouts
@@ -50,9 +51,11 @@ def test_reason_prompts_follow_spec_positions(data_dir: Path) -> None:
     assert "<|a_1|><|b_1|>, <|a_2|><|b_2|>, <|a_3|><|b_1|>, <|a_4|><|b_2|>" in user["content"]
 
 
-def test_direct_prompts_have_no_system_turn_and_batches_are_lists(data_dir: Path) -> None:
+def test_direct_prompts_carry_the_sft_system_turn_and_batches_are_lists(data_dir: Path) -> None:
     dm = make_dm(data_dir, mode="direct", eval_batch_size=8)
-    assert [m["role"] for m in dm.train_set[0]["messages"]] == ["user"]
+    assert dm.train_set[0]["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}  # as alignment SFT
+    bare = make_dm(data_dir, mode="direct", system_prompt="")  # GREAM's bare instruction
+    assert [m["role"] for m in bare.train_set[0]["messages"]] == ["user"]
     batch = next(iter(dm.test_dataloader()))
     assert set(batch) == {"messages", "target", "item", "user"} and len(batch["target"]) == 2
 

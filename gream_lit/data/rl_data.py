@@ -4,7 +4,8 @@ For every user and every target position ``i`` with at least ``min_history`` ear
 prompt asks for ``seq[i]`` given ``seq[:i][-max_history:]``: targets before the validation item train,
 the validation item (``seq[T-2]``) validates, and the test item is only used by ``test``.
 Reasoning prompts carry the curriculum SFT's system message (think / rewrite / ``<answer>``); direct
-prompts are a bare seq-rec instruction (as GREAM's direct evaluation). Templates are the SFT's
+prompts carry the alignment SFT's, the turn our SFT stages train and test with (an empty
+``system_prompt`` gives GREAM's bare instruction, to which a chat template may add its own default). Templates are the SFT's
 seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
 """
 
@@ -20,18 +21,23 @@ from gream_lit.data.catalog import DataError
 from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.split import Sample
-from gream_lit.data.tasks.builders import HISTORY_SEP
+from gream_lit.data.tasks.builders import HISTORY_SEP, SYSTEM_PROMPT
 from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE, SEQREC
 from gream_lit.indexing.semantic_index import SemanticIndex
 
 MODES = ("reason", "direct")
 
-def rl_messages(history: str, mode: str, template: str, system_prompt: str = REASONING_SYSTEM_PROMPT) -> list[dict]:
-    """Chat messages of one RL prompt; ``history`` is the items' IDs joined by ``", "``."""
+def rl_messages(history: str, mode: str, template: str, system_prompt: str | None = None) -> list[dict]:
+    """Chat messages of one RL prompt; ``history`` is the items' IDs joined by ``", "``.
+
+    ``system_prompt``: ``None`` = the SFT stage's prompt for ``mode``; ``""`` = no system turn.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown RL mode {mode!r}; expected one of {MODES}")
+    if system_prompt is None:
+        system_prompt = REASONING_SYSTEM_PROMPT if mode == "reason" else SYSTEM_PROMPT
     user = {"role": "user", "content": template.format(history=history)}
-    return [{"role": "system", "content": system_prompt}, user] if mode == "reason" else [user]
+    return [{"role": "system", "content": system_prompt}, user] if system_prompt else [user]
 
 
 def collate_prompts(rows: list[dict]) -> dict[str, list]:
@@ -49,7 +55,7 @@ class RLDataModule(CatalogDataModule):
         max_val_prompts: random validation prompts kept (GREAM: 1000, seed 42; 0 = all).
         max_train_prompts: random training prompts kept (0 = all), for quick runs.
         seed: seed of the template draw and of the subsets.
-        system_prompt: system message of reasoning prompts.
+        system_prompt: system turn; ``None`` = the SFT stage's for ``mode``, ``""`` = none.
         other arguments: see ``CatalogDataModule`` (``batch_size`` = prompts per generation batch).
     """
 
@@ -68,7 +74,7 @@ class RLDataModule(CatalogDataModule):
         max_val_prompts: int = 1000,
         max_train_prompts: int = 0,
         seed: int = 42,
-        system_prompt: str = REASONING_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__(data_dir, format, max_history, batch_size, eval_batch_size, num_workers, max_eval_users)
         if mode not in MODES:
