@@ -173,6 +173,8 @@ def test_template_teacher_cot_hides_target_title():
     steps = text.split("Step 4")[0]
     assert all(f"Step {k}:" in text for k in (1, 2, 3, 4))
     assert "deck screw model 5" not in steps and "Screws (Fasteners)" in steps
+    # the latest purchase by category and brand, not by a title the ID-only student would have to invent
+    assert "The latest purchase is Staples (Fasteners) from Bolt." in steps and "narrow staple model 4" not in steps
     assert teacher.complete(req) == text
     with pytest.raises(TeacherError, match="only answers gream_lit's own prompts"):
         teacher.complete([{"role": "system", "content": "be nice"}, *msgs("hi")])
