@@ -233,6 +233,7 @@ def test_hf_teacher_guided_steps_write_every_header_in_order():
         lines = text.split("\n")
         assert [line[: len(h)] for line, h in zip(lines, COT_STEP_HEADERS)] == list(COT_STEP_HEADERS)
         assert len(lines) == 4 and strip_step4(text) is not None and not missing_steps(strip_step4(text))
+    assert all(len(line) > len(h) for line, h in zip(text.split("\n"), COT_STEP_HEADERS) for text in out)  # never empty
     assert teacher.teacher_id == "hf:tiny:greedy:max24:guided4"  # a cache never mixes guided and free answers
     assert teacher.step_generation.max_new_tokens == 6
 

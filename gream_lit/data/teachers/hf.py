@@ -17,6 +17,11 @@ def _sentence(line: str) -> str:
     return line if not line.strip() or line.endswith((".", "!", "?")) else line + "."
 
 
+def _line_break_ids(tokenizer: Any) -> list[int]:
+    """Vocabulary entries that decode to whitespace containing a line break."""
+    return [i for i in range(len(tokenizer)) if "\n" in (t := tokenizer.decode([i])) and not t.strip()]
+
+
 class HFTeacher(Teacher):
     """Chat-templated, left-padded batched generation.
 
@@ -68,7 +73,12 @@ class HFTeacher(Teacher):
             **sampling,
         )
         if self.guided_steps:
-            step = {"max_new_tokens": max(1, max_new_tokens // len(self.guided_steps)), "stop_strings": ["\n"]}
+            step = {
+                "max_new_tokens": max(1, max_new_tokens // len(self.guided_steps)),
+                "stop_strings": ["\n"],
+                # a line break or end straight after the header would leave the step empty
+                "begin_suppress_tokens": [*_line_break_ids(tokenizer), tokenizer.eos_token_id],
+            }
             self.step_generation = GenerationConfig(**{**self.generation.to_dict(), **step})
 
     @property
