@@ -5,8 +5,8 @@ prompt asks for ``seq[i]`` given ``seq[:i][-max_history:]``: targets before the 
 the validation item (``seq[T-2]``) validates, and the test item is only used by ``test``.
 Reasoning prompts carry the curriculum SFT's system message (think / rewrite / ``<answer>``); direct
 prompts carry the alignment SFT's, the turn our SFT stages train and test with (an empty
-``system_prompt`` gives GREAM's bare instruction, to which a chat template may add its own default). Templates are the SFT's
-seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
+``system_prompt`` gives GREAM's bare instruction, to which a chat template may add its own default).
+Templates are the SFT's seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
 """
 
 from __future__ import annotations
