@@ -75,10 +75,21 @@ def test_encoder_decoder_beam_equals_exact_ranking() -> None:
         torch.testing.assert_close(out.scores[b], exact[order], atol=1e-4, rtol=1e-4)
 
 
+def tiny_tiger_yaml(folder: Path) -> str:
+    """The model and data sections of a seconds-long TIGER run on the toy catalogue in ``folder``."""
+    return f"""model:
+  class_path: gream_lit.baselines.tiger.Tiger
+  init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
+data:
+  class_path: gream_lit.data.tiger_data.TigerDataModule
+  init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
+"""
+
+
 def test_cli_fit_test_predict(tmp_path: Path, capsys) -> None:
     folder = write_catalog(tmp_path / "toy")
     config = tmp_path / "tiger.yaml"
-    config.write_text(f"""
+    config.write_text("""
 seed_everything: 1
 trainer:
   max_epochs: 2
@@ -86,14 +97,8 @@ trainer:
   enable_progress_bar: false
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{monitor: tiger/val/ndcg@10, mode: max}}
-model:
-  class_path: gream_lit.baselines.tiger.Tiger
-  init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
-data:
-  class_path: gream_lit.data.tiger_data.TigerDataModule
-  init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
-""")
+      init_args: {monitor: tiger/val/ndcg@10, mode: max}
+""" + tiny_tiger_yaml(folder))
     root = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)]) == 0
     out = capsys.readouterr().out
@@ -117,15 +122,10 @@ def test_command_line_model_flags_beat_checkpoint_hparams(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     folder = write_catalog(tmp_path / "toy")
     config = tmp_path / "tiger.yaml"
-    config.write_text(f"""
-trainer: {{max_steps: 1, logger: false, enable_progress_bar: false, default_root_dir: {tmp_path / 'run'}}}
-model:
-  class_path: gream_lit.baselines.tiger.Tiger
-  init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
-data:
-  class_path: gream_lit.data.tiger_data.TigerDataModule
-  init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
-""")
+    config.write_text(
+        f"trainer: {{max_steps: 1, logger: false, enable_progress_bar: false, default_root_dir: {tmp_path / 'run'}}}\n"
+        + tiny_tiger_yaml(folder)
+    )
     assert main(["fit", "--config", str(config), "--model.init_args.warmup_steps", "3", "--test_after_fit", "false"]) == 0
     ckpt = str(next((tmp_path / "run").rglob("*.ckpt")))
     base = ["validate", "--config", str(config), "--ckpt_path", ckpt]
