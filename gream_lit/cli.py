@@ -13,6 +13,7 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from gream_lit.per_user import PerUserResults
 from gream_lit.reporting import print_metric_table
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -44,11 +45,19 @@ class GreamCLI(LightningCLI):
     With ``--ckpt_path``, Lightning parses the checkpoint's hyperparameters over the whole config,
     which silently discards ``--model.…`` flags (e.g. a new decoding option for ``test``); here the
     checkpoint fills the model's arguments and the command line's model flags still win.
+    Every test writes per-user results (``per_user.PerUserResults``) into ``per_user_dir``
+    (``None``: the logger's folder).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, per_user_dir: str | None = None, **kwargs) -> None:
         self._argv = list(kwargs.get("args") or sys.argv[1:])
+        self.per_user_dir = per_user_dir
         super().__init__(*args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(PerUserResults(self.per_user_dir))
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")

@@ -347,7 +347,12 @@ def run_lightning(
     args = [command, "--config", str(config_path)]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
-    cli = StageCLI(args=args, save_config_kwargs={"overwrite": True}, extra_callbacks=callbacks)
+    cli = StageCLI(
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        extra_callbacks=callbacks,
+        per_user_dir=str(config_path.parent),
+    )
     return cli.trainer, {**cli.val_metrics, **_finite(cli.trainer.callback_metrics)}
 
 

@@ -1,8 +1,13 @@
-"""Compare finished runs: ``python -m gream_lit report <run dirs> --out DIR``.
+"""Compare finished runs: ``python -m gream_lit report <run dirs> --out DIR [--baseline RUN[:STAGE]]``.
 
 Runs are grouped by experiment name (so seeds of one experiment pool into mean ± sample std) and
 written as ``report.md``, ``report.csv``, one PNG bar plot per metric, and a TensorBoard hparams view
 (``tensorboard --logdir DIR/tensorboard``) with each run's hyperparameters next to its metrics.
+
+Stages that wrote per-user test results (``test_per_user.jsonl``) also get ``intervals.md`` /
+``intervals.csv``: each metric with its 95% bootstrap interval over users and the number of users,
+and, with ``--baseline``, the paired difference to the baseline on the users both scored, with its
+interval and a paired t-test; ``intervals_<metric>.png`` draws them with error bars.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
+from gream_lit import stats
+from gream_lit.per_user import FILE_NAME, read_per_user
 from gream_lit.pipeline import PipelineError
 
 DEFAULT_METRICS = ("*/test/*",)
+INTERVAL_METRICS = ("recall@10", "ndcg@10")
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Run:
     experiment: str
     hparams: dict[str, Any]
     metrics: dict[str, float]
+    stages: tuple[str, ...] = ()
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -71,7 +81,7 @@ def load_run(path: Path) -> Run:
                 hparams.update(class_hparams(cfg.get(part), f"{stage}.{part}"))
         if (stage_dir / "metrics.json").is_file():
             metrics.update(json.loads((stage_dir / "metrics.json").read_text()))
-    return Run(path, str(exp.get("name", path.name)), hparams, metrics)
+    return Run(path, str(exp.get("name", path.name)), hparams, metrics, tuple(exp.get("stages") or ()))
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -103,7 +113,8 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
 
 
 def aggregate(runs: Sequence[Run], metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per experiment (first-seen order): ``runs`` and ``<metric>`` / ``<metric>_std`` columns."""
+    """One row per experiment (first-seen order): ``runs`` and ``<metric>`` / ``<metric>_std`` /
+    ``<metric>_values`` (each seed's value, in run order) columns."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.experiment, []).append(run)
@@ -113,42 +124,49 @@ def aggregate(runs: Sequence[Run], metrics: Sequence[str]) -> pd.DataFrame:
         for metric in metrics:
             values = [r.metrics[metric] for r in members if metric in r.metrics]
             row[metric], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)
+            row[f"{metric}_values"] = " ".join(f"{v:.4f}" for v in values)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def to_markdown(table: pd.DataFrame, metrics: Sequence[str]) -> str:
-    """``mean ± std`` cells (std only where an experiment has several runs)."""
+    """``mean ± std (each seed)`` cells; a single run shows its value alone."""
     lines = ["| experiment | runs | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
     for _, row in table.iterrows():
         cells = []
         for m in metrics:
             mean, std = row[m], row[f"{m}_std"]
-            cells.append("-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}" if row["runs"] > 1 else f"{mean:.4f}")
+            seeds = f" ({row[f'{m}_values']})" if row["runs"] > 1 else ""
+            cells.append("-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}{seeds}" if row["runs"] > 1 else f"{mean:.4f}")
         lines.append(f"| {row['experiment']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_metrics(table: pd.DataFrame, metrics: Sequence[str], out: Path) -> list[Path]:
-    """One bar chart per metric, experiments side by side, error bars = std over seeds."""
+def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, ylabel: str, path: Path) -> Path:
+    """One bar per label with error bars (``err``: symmetric values or a ``[2, n]`` low/high array)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    for metric in metrics:
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table) + 1.5), 3.5))
-        ax.bar(table["experiment"], table[metric], yerr=table[f"{metric}_std"], capsize=4, color="tab:blue")
-        ax.set_title(metric)
-        ax.set_ylabel(metric.rsplit("/", 1)[-1])
-        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-        fig.tight_layout()
-        path = out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', metric)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 1.5), 3.5))
+    ax.bar(list(labels), list(values), yerr=err, capsize=4, color="tab:blue")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(table: pd.DataFrame, metrics: Sequence[str], out: Path) -> list[Path]:
+    """One bar chart per metric, experiments side by side, error bars = std over seeds."""
+    return [
+        bar_chart(table["experiment"], table[m], table[f"{m}_std"], m, m.rsplit("/", 1)[-1],
+                  out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', m)}.png")
+        for m in metrics
+    ]
 
 
 def log_hparams(runs: Sequence[Run], out: Path) -> None:
@@ -161,8 +179,100 @@ def log_hparams(runs: Sequence[Run], out: Path) -> None:
         logger.finalize("success")
 
 
+def per_user_ranks(run_dir: Path, stage: str) -> dict[str, int] | None:
+    """A stage's per-user target ranks (all ranks' files of a multi-process test merged), or None."""
+    stage_dir = run_dir / stage
+    files = [stage_dir / FILE_NAME] if (stage_dir / FILE_NAME).is_file() else sorted(stage_dir.glob("test_per_user.rank*.jsonl"))
+    if not files:
+        return None
+    ranks: dict[str, int] = {}
+    for f in files:
+        ranks.update(read_per_user(f))
+    return ranks
+
+
+def parse_baseline(spec: str) -> tuple[str, dict[str, int]]:
+    """``RUN`` or ``RUN:STAGE`` -> (label, per-user ranks); RUN alone must have one stage with results."""
+    path, _, stage = spec.partition(":")
+    run_dir = Path(path)
+    if not (run_dir / "experiment.yaml").is_file():
+        raise PipelineError(f"--baseline {spec}: {run_dir} is not a run directory (no experiment.yaml)")
+    stages = [stage] if stage else [s for s in load_run(run_dir).stages if per_user_ranks(run_dir, s) is not None]
+    if len(stages) != 1:
+        raise PipelineError(f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {stages}")
+    ranks = per_user_ranks(run_dir, stages[0])
+    if ranks is None:
+        raise PipelineError(f"--baseline {spec}: {run_dir / stages[0] / FILE_NAME} does not exist; test that stage first")
+    return f"{run_dir.name}/{stages[0]}", ranks
+
+
+def interval_rows(
+    runs: Sequence[Run],
+    metrics: Sequence[str] = INTERVAL_METRICS,
+    baseline: tuple[str, dict[str, int]] | None = None,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """One row per (run, stage with per-user results, metric), in pipeline order."""
+    rows = []
+    for run in runs:
+        for stage in run.stages:
+            ranks = per_user_ranks(run.path, stage)
+            if ranks is None:
+                continue
+            users = sorted(ranks)
+            values = np.array([ranks[u] for u in users])
+            for metric in metrics:
+                ci = stats.bootstrap_interval(stats.rank_metric(values, metric), n_boot=n_boot)
+                row = {"experiment": run.experiment, "run": run.path.name, "stage": stage, "metric": metric,
+                       "users": ci.n, "mean": ci.mean, "low": ci.low, "high": ci.high}
+                if baseline is not None:
+                    shared, a, b = stats.align(ranks, baseline[1])
+                    if len(shared) >= 2:
+                        cmp = stats.paired_comparison(
+                            stats.rank_metric(a, metric), stats.rank_metric(b, metric), n_boot=n_boot
+                        )
+                        row.update({"baseline": baseline[0], "paired_users": len(shared), "diff": cmp.diff.mean,
+                                    "diff_low": cmp.diff.low, "diff_high": cmp.diff.high, "p_value": cmp.p_value})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def intervals_markdown(table: pd.DataFrame) -> str:
+    """``mean [low, high]`` per metric and, with a baseline, ``diff [low, high] (p)``."""
+    has_base = "diff" in table
+    head = "| experiment | stage | users | metric | value [95% CI] |"
+    head += " vs baseline: diff [95% CI] | p |" if has_base else ""
+    lines = [head, "|---|---|---:|---|---|" + ("---|---:|" if has_base else "")]
+    for _, r in table.iterrows():
+        cells = [r["experiment"], r["stage"], str(r["users"]), r["metric"],
+                 f"{stats.fmt(r['mean'])} [{stats.fmt(r['low'])}, {stats.fmt(r['high'])}]"]
+        if has_base:
+            if isinstance(r.get("baseline"), str):
+                cells += [f"{stats.fmt(r['diff'])} [{stats.fmt(r['diff_low'])}, {stats.fmt(r['diff_high'])}] "
+                          f"on {r['paired_users']}", f"{r['p_value']:.2g}"]
+            else:
+                cells += ["no shared users", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = f"\nBaseline: {table['baseline'].dropna().iloc[0]}.\n" if has_base and table["baseline"].notna().any() else ""
+    return "\n".join(lines) + "\n" + note
+
+
+def plot_intervals(table: pd.DataFrame, out: Path) -> list[Path]:
+    """One bar chart per metric: every (run, stage) with its interval as the error bar."""
+    paths = []
+    for metric, part in table.groupby("metric", sort=False):
+        labels = [f"{e}/{s}" for e, s in zip(part["experiment"], part["stage"])]
+        err = np.vstack([part["mean"] - part["low"], part["high"] - part["mean"]])
+        title = f"{metric}, 95% bootstrap interval over users"
+        paths.append(bar_chart(labels, part["mean"], err, title, metric, out / f"intervals_{metric.replace('@', '_at_')}.png"))
+    return paths
+
+
 def write_report(
-    paths: Sequence[str | Path], out: str | Path, patterns: Sequence[str] = DEFAULT_METRICS
+    paths: Sequence[str | Path],
+    out: str | Path,
+    patterns: Sequence[str] = DEFAULT_METRICS,
+    baseline: str | None = None,
 ) -> pd.DataFrame:
     """Everything ``report`` writes; returns the aggregated table."""
     runs = find_runs(paths)
@@ -177,6 +287,12 @@ def write_report(
     table.to_csv(out / "report.csv", index=False)
     plot_metrics(table, metrics, out)
     log_hparams(runs, out)
+    base = parse_baseline(baseline) if baseline else None
+    intervals = interval_rows(runs, baseline=base)
+    if not intervals.empty:
+        (out / "intervals.md").write_text(intervals_markdown(intervals))
+        intervals.to_csv(out / "intervals.csv", index=False)
+        plot_intervals(intervals, out)
     return table
 
 
@@ -187,7 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run directories, or folders holding run directories")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="glob patterns (default: */test/*)")
+    p.add_argument("--baseline", help="RUN or RUN:STAGE with per-user results: paired differences against it")
     args = p.parse_args(argv)
-    write_report(args.runs, args.out, args.metrics)
+    write_report(args.runs, args.out, args.metrics, args.baseline)
     print((Path(args.out) / "report.md").read_text(), flush=True)
+    if (Path(args.out) / "intervals.md").is_file():
+        print((Path(args.out) / "intervals.md").read_text(), flush=True)
     return 0

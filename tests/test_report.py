@@ -53,7 +53,7 @@ def test_report_groups_seeds_writes_table_plots_and_hparams(tmp_path):
     assert table["sasrec/test/ndcg@10_std"].tolist() == pytest.approx([math.sqrt(0.02), 0.0])
     assert "sasrec/val/ndcg@10" not in table  # default pattern keeps test metrics
     md = (out / "report.md").read_text()
-    assert "| full | 2 | 0.2000 ± 0.1414 |" in md and "| no_align | 1 | 0.5000 |" in md
+    assert "| full | 2 | 0.2000 ± 0.1414 (0.1000 0.3000) |" in md and "| no_align | 1 | 0.5000 |" in md
     assert (out / "sasrec_test_ndcg@10.png").stat().st_size > 0
 
     tb = EventAccumulator(str(out / "tensorboard" / f"no_align__{single.name}"))

@@ -56,13 +56,17 @@ class FullRankingModule(L.LightningModule, ABC):
         self.hparams.n_items = catalog.n_items
         return catalog.n_items
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self.rank(batch, self.top_k), batch["target"])
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        items = self.rank(batch, self.top_k)
+        self.val_metrics.update(items, batch["target"])
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=False)
+        return {"user": batch["user"], "target": batch["target"], "items": items}
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.test_metrics.update(self.rank(batch, self.top_k), batch["target"])
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        items = self.rank(batch, self.top_k)
+        self.test_metrics.update(items, batch["target"])
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+        return {"user": batch["user"], "target": batch["target"], "items": items}
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"user": batch["user"], "items": self.rank(batch, self.top_k)}

@@ -7,6 +7,7 @@ their datasets from ``self.catalog`` and ``self.split`` in ``build_datasets``.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +32,10 @@ class CatalogDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size.
         num_workers: DataLoader workers.
-        max_eval_users: evaluate on the first N users only (0 = all), for quick validation.
+        max_eval_users: evaluate on a random sample of N users only (0 = all), drawn with
+            ``eval_seed``: the same users for every stage and model of an experiment, unlike the
+            first N users of the file, which are not a random sample.
+        eval_seed: seed of that sample.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class CatalogDataModule(L.LightningDataModule):
         eval_batch_size: int = 256,
         num_workers: int = 0,
         max_eval_users: int = 0,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -53,6 +58,7 @@ class CatalogDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.max_eval_users = max_eval_users
+        self.eval_seed = eval_seed
         self.catalog: Catalog | None = None
         self.split: LeaveOneOut | None = None
 
@@ -66,7 +72,10 @@ class CatalogDataModule(L.LightningDataModule):
 
     def eval_samples(self, split: str):
         samples = self.split.split(split)
-        return samples[: self.max_eval_users] if self.max_eval_users else samples
+        if not self.max_eval_users or self.max_eval_users >= len(samples):
+            return samples
+        chosen = random.Random(self.eval_seed).sample(range(len(samples)), self.max_eval_users)
+        return [samples[i] for i in sorted(chosen)]
 
     def eval_loader(self, dataset: Dataset, batch_size: int | None = None, collate_fn=None) -> DataLoader:
         """Validation/test loader that scores every user exactly once over all processes.
