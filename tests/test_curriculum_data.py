@@ -127,3 +127,17 @@ def test_cli_fit_tiny_curriculum_with_reasoning_eval(toy, tmp_path, capsys):
         acc.Reload()
         tags += acc.Tags()["tensors"]
     assert any(tag.startswith("curriculum/test/reasoning_") for tag in tags)
+
+
+def test_compact_curriculum_keeps_cot_in_chat_and_dense_rows_compact(toy):
+    off = {t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}
+    dm = make(toy, prompt_format="compact", tasks={"seqdense": {"enabled": True}, **off})
+    prefix = dm.tokenizer("History:", add_special_tokens=False)["input_ids"]
+    align = [r for r in dm.train_data if r["kind"] == "align"]
+    cot = [r for r in dm.train_data if r["kind"] == "cot"]
+    assert len(align) == dm.catalog.n_users and cot
+    assert all(r["input_ids"][: len(prefix)] == prefix for r in align)
+    assert all("<|im_start|>" in dm.tokenizer.decode(r["input_ids"]) for r in cot)
+    assert dm.eval_data["valid"][0]["input_ids"][: len(prefix)] == prefix  # direct eval: compact
+    reasoning = make(toy, prompt_format="compact", eval_mode="reasoning", tasks={"seqdense": {"enabled": True}, **off})
+    assert REASONING_SYSTEM_PROMPT in reasoning.tokenizer.decode(reasoning.eval_data["valid"][0]["input_ids"])

@@ -115,3 +115,27 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     done = {stage: (run / stage / "DONE").read_text() for stage in ("index", "align", "rl")}
     assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
     assert done == {stage: (run / stage / "DONE").read_text() for stage in done}
+
+
+def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_differences(tmp_path: Path, capsys) -> None:
+    """index -> align (seqdense, compact prompts, ID-vocabulary softmax) -> rl (compact prompts)."""
+    paths = write_inputs(tmp_path)
+    exp = experiment(paths)
+    exp["stages"]["align"]["model"]["init_args"].update(logits_vocab="ids", lr_schedule="linear")
+    exp["stages"]["align"]["data"]["init_args"].update(prompt_format="compact", tasks={
+        "seqdense": {"enabled": True}, **{t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}})
+    exp["stages"]["rl"]["model"]["init_args"]["eval_decoding"] = "beam"
+    exp["stages"]["rl"]["data"]["init_args"]["prompt_format"] = "compact"
+    for stage in ("align", "rl"):
+        exp["stages"][stage]["trainer"]["limit_test_batches"] = 1.0
+    config = tmp_path / "tiny_compact.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    for stage in ("align", "rl"):
+        rows = [json.loads(line) for line in (run / stage / "test_per_user.jsonl").read_text().splitlines()]
+        assert len(rows) == 4 and all(0 <= int(i) < N_ITEMS for r in rows for i in r["items"])
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--baseline", f"{run}:align"]) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny_gream | rl | 4 | ndcg@10 |" in printed and "on 4 |" in printed

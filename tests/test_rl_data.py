@@ -110,3 +110,16 @@ def test_response_mask_stops_after_first_eos(policy) -> None:
     ids = torch.tensor([[5, eos, pad, pad], [5, 6, 7, 8], [eos, 5, eos, 5]])
     assert engine.response_mask(ids).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert engine.decode(ids, engine.response_mask(ids))[2] == ""
+
+
+def test_compact_prompts_are_the_bare_id_text(data_dir: Path) -> None:
+    dm = make_dm(data_dir, mode="direct", prompt_format="compact")
+    row = dm.train_set[0]
+    assert row["messages"] == "History:<|a_1|><|b_1|><|a_2|><|b_2|><|a_3|><|b_1|><|a_4|><|b_2|>"
+    with pytest.raises(DataError, match="compact needs mode direct"):
+        RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "D.index.json"), prompt_format="compact")
+    index = json.loads((data_dir / "D.index.json").read_text())
+    index["0"] = ["<|a_1|>"]
+    (data_dir / "D.index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="need IDs of one length"):
+        make_dm(data_dir, mode="direct", prompt_format="compact")

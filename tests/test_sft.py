@@ -162,3 +162,34 @@ def test_token_lr_puts_the_id_token_rows_in_their_own_param_group():
     module.hparams.token_lr = None
     [single] = module._param_groups()
     assert len(single["params"]) == 3
+
+
+def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path, capsys):
+    paths = write_toy_dataset(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(paths)))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    fit_out = capsys.readouterr().out
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["state_dict"] and all("lora_" in k or "trainable_tokens_delta" in k for k in saved["state_dict"])
+    assert len(saved["frozen_base"]["fingerprint"]) == 16
+    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run)]) == 0
+    line = next(x for x in fit_out.splitlines() if x.startswith("sft/test/ndcg@10"))
+    assert line in capsys.readouterr().out  # same metrics from the slim checkpoint as after fit
+    other = save_tiny_backbone(tmp_path / "other", hidden_size=32, seed=1)
+    with pytest.raises(ValueError, match="trained on a base model with fingerprint"):
+        main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--data.init_args.backbone", other,
+              "--trainer.default_root_dir", str(tmp_path / "other_run")])
+
+
+def test_a_monitor_of_another_stage_fails_before_training(tmp_path):
+    paths = write_toy_dataset(tmp_path)
+    cfg = tiny_config(paths)
+    cfg["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"monitor": "align/val/ndcg@10", "mode": "max"}}]
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"logs under 'sft/'"):
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")])

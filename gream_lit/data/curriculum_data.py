@@ -104,10 +104,16 @@ class CurriculumDataModule(AlignmentDataModule):
         return samples
 
     def _encode(self, samples: list[TaskSample], system: str | None, kind: str) -> list[dict]:
-        """Encoded rows tagged with their ``kind``; ``system=None`` keeps a CoT sample's own prompt."""
+        """Encoded rows tagged with their ``kind``; ``system=None`` keeps a CoT sample's own prompt.
+
+        Alignment samples follow ``prompt_format``; chain-of-thought samples are text, so they keep
+        the chat layout whatever the format."""
         rows = []
-        for s in samples:
-            enc = encode_sample(self.tokenizer, s, system, self.max_length)
+        if kind == "align":
+            encoded = self.encode_train(samples)
+        else:
+            encoded = [encode_sample(self.tokenizer, s, system, self.max_length) for s in samples]
+        for enc in encoded:
             if enc is not None:
                 rows.append({**enc, "kind": kind})
         if len(rows) < len(samples):
@@ -118,6 +124,8 @@ class CurriculumDataModule(AlignmentDataModule):
         side = load_side_info(self.side_info_path, self.catalog) if self.side_info_path else {}
         ctx = TaskContext(self.catalog, self._sids(), self.split.train, side, self.max_history)
         align = self._encode(build_alignment_samples(ctx, self.task_specs, self.seed, self.passes), SYSTEM_PROMPT, "align")
+        if self.task_specs["seqdense"].enabled:
+            align += [{**row, "kind": "align"} for row in self.dense_rows()]
         reason = self._encode(self._cot_samples(), None, "cot") if self.cot else []
         if not align:
             raise ValueError(f"no alignment sample fits max_length={self.max_length}")
@@ -140,6 +148,10 @@ class CurriculumDataModule(AlignmentDataModule):
         if stage in (None, "fit") and self.train_data is None:
             self._build_stream()
         super().build_datasets(stage)
+
+    def compact_eval(self) -> bool:
+        """Reasoning prompts are chat turns; only direct-mode prompts take the compact format."""
+        return super().compact_eval() and self.eval_mode == "direct"
 
     def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
         if self.eval_mode == "direct":

@@ -7,6 +7,8 @@ Reasoning prompts carry the curriculum SFT's system message (think / rewrite / `
 prompts carry the alignment SFT's, the turn our SFT stages train and test with (an empty
 ``system_prompt`` gives GREAM's bare instruction, to which a chat template may add its own default).
 Templates are the SFT's seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
+With ``prompt_format: compact`` (direct mode) a prompt is the compact text of an SFT stage trained in
+that format (``compact_format``): the prefix and the history's bare ID tokens, no chat turn.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
 from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
 from gream_lit.data.datamodule import CatalogDataModule
@@ -46,7 +49,8 @@ def collate_prompts(rows: list[dict]) -> dict[str, list]:
 
 
 class RLDataModule(CatalogDataModule):
-    """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user"}`` lists.
+    """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user"}`` lists
+    (``messages`` is a chat turn list, or the prompt text itself in the compact format).
 
     Args:
         index_path: the semantic-ID index file (``<D>.index.json``) of the aligned model.
@@ -56,6 +60,7 @@ class RLDataModule(CatalogDataModule):
         max_train_prompts: random training prompts kept (0 = all), for quick runs.
         seed: seed of the template draw and of the subsets.
         system_prompt: system turn; ``None`` = the SFT stage's for ``mode``, ``""`` = none.
+        prompt_format: ``chat`` or ``compact`` (direct mode only; the SFT stage's format).
         other arguments: see ``CatalogDataModule`` (``batch_size`` = prompts per generation batch).
     """
 
@@ -75,10 +80,13 @@ class RLDataModule(CatalogDataModule):
         max_train_prompts: int = 0,
         seed: int = 42,
         system_prompt: str | None = None,
+        prompt_format: str = "chat",
     ) -> None:
         super().__init__(data_dir, format, max_history, batch_size, eval_batch_size, num_workers, max_eval_users)
         if mode not in MODES:
             raise DataError(f"RLDataModule: unknown mode {mode!r}; expected one of {MODES}")
+        if prompt_format not in ("chat", "compact") or (prompt_format == "compact" and mode != "direct"):
+            raise DataError(f"RLDataModule: prompt_format {prompt_format!r} with mode {mode!r}; compact needs mode direct")
         if not index_path:
             raise DataError("RLDataModule: index_path is required (the aligned model's semantic-ID index)")
         self.index_path = index_path
@@ -88,16 +96,26 @@ class RLDataModule(CatalogDataModule):
         self.max_train_prompts = max_train_prompts
         self.seed = seed
         self.system_prompt = system_prompt
+        self.prompt_format = prompt_format
         self.index: SemanticIndex | None = None
 
     def load(self):
         catalog = super().load()
         if self.index is None:
             self.index = SemanticIndex.from_json(Path(self.index_path), n_items=catalog.n_items)
+            if self.prompt_format == "compact" and len(set(self.index.lengths().tolist())) > 1:
+                raise DataError(
+                    f"{self.index_path}: compact RL prompts need IDs of one length (the SFT layout pads "
+                    "shorter IDs with EOS); use a fixed-length index or prompt_format: chat"
+                )
         return catalog
 
     def sid(self, item: int) -> str:
         return self.index.item_string(item)
+
+    def compact_prompt(self, history: Sequence[int]) -> str:
+        """The compact prompt text: the prefix and the history's ID tokens."""
+        return compact.COMPACT_PREFIX + "".join(self.sid(i) for i in history)
 
     def prompts(self, samples: Sequence[Sample], rng: random.Random | None) -> list[dict]:
         """Rows for ``samples``; a random seq-rec template each, or the fixed evaluation one if no rng."""
@@ -105,9 +123,13 @@ class RLDataModule(CatalogDataModule):
         for s in samples:
             template = SEQREC[rng.randrange(len(SEQREC))][1] if rng else DIRECT_EVAL_TEMPLATE
             history = HISTORY_SEP.join(self.sid(i) for i in s.history)
+            if self.prompt_format == "compact":
+                prompt = self.compact_prompt(s.history)
+            else:
+                prompt = rl_messages(history, self.mode, template, self.system_prompt)
             rows.append(
                 {
-                    "messages": rl_messages(history, self.mode, template, self.system_prompt),
+                    "messages": prompt,
                     "target": self.sid(s.target),
                     "item": s.target,
                     "user": s.user,

@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.samplers import BatchesDistributedSampler
-from gream_lit.data.split import Sample
+from gream_lit.data.split import Sample, train_sequences
 from gream_lit.data.tasks import (
     DIRECT_EVAL_TEMPLATE,
     SYSTEM_PROMPT,
@@ -36,6 +37,7 @@ from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+PROMPT_FORMATS = ("chat", "compact")
 
 
 def answer_text(tokenizer, response: str) -> str:
@@ -148,6 +150,9 @@ class AlignmentDataModule(CatalogDataModule):
         bucket_window: batches per length-sorting window (0 = plain shuffle).
         item2index_probe: also evaluate title -> ID on this many random training items (0 = off):
             a second validation/test set named ``item2index`` whose recall@1 is exact-ID accuracy.
+        prompt_format: ``chat`` (GREAM's instruction prompts in the backbone's chat template) or
+            ``compact`` (``compact_format``: bare ID tokens after a short prefix, about a third of the
+            tokens; needed by the ``seqdense`` task).
         seed: template and subset sampling seed.
     """
 
@@ -164,14 +169,20 @@ class AlignmentDataModule(CatalogDataModule):
         extend_vocab: bool = True,
         bucket_window: int = 50,
         item2index_probe: int = 0,
+        prompt_format: str = "chat",
         seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format: unknown {prompt_format!r}; expected one of {PROMPT_FORMATS}")
         self.save_hyperparameters()
         self.index_path = index_path
         self.backbone = backbone
         self.task_specs = parse_task_specs(tasks)
+        if self.task_specs["seqdense"].enabled and prompt_format != "compact":
+            raise ValueError("tasks.seqdense needs prompt_format: compact (its rows are bare ID sequences)")
+        self.prompt_format = prompt_format
         self.passes = passes
         self.side_info_path = side_info_path
         self.max_length = max_length
@@ -202,13 +213,62 @@ class AlignmentDataModule(CatalogDataModule):
     def _sids(self) -> list[str]:
         return [self.index.item_string(i) for i in range(self.index.n_items)]
 
+    def item_rows(self) -> list[list[int]]:
+        """Each item's ID token ids, padded to the index depth with EOS (the compact layout)."""
+        if getattr(self, "_item_rows", None) is None:
+            eos, depth = self.tokenizer.eos_token_id, self.index.depth
+            rows = []
+            for item in range(self.index.n_items):
+                ids = self.tokenizer.convert_tokens_to_ids(self.index.item_tokens(item))
+                rows.append(ids + [eos] * (depth - len(ids)))
+            self._item_rows = rows
+        return self._item_rows
+
+    def _compact_prefix(self) -> list[int]:
+        return self.tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
+
+    def encode_train(self, samples: list[TaskSample]) -> list[dict | None]:
+        """Instruction samples in this module's prompt format (``None`` where one cannot fit)."""
+        if self.prompt_format == "chat":
+            return [encode_sample(self.tokenizer, s, SYSTEM_PROMPT, self.max_length) for s in samples]
+        return [self._encode_compact(s) for s in samples]
+
+    def _encode_compact(self, sample: TaskSample) -> dict | None:
+        """Seq-rec samples as bare ID sequences, other tasks as ``instruction\n answer EOS``."""
+        eos = self.tokenizer.eos_token_id
+        if sample.task == "seqrec":
+            rows, by_sid = self.item_rows(), self._sid_items()
+            history = [by_sid[h] for h in sample.history]
+            prompt = compact.history_prompt(self._compact_prefix(), history, rows, self.max_length)
+            return compact.answer_row(prompt, rows[by_sid[sample.response]])
+        answer = self.tokenizer(sample.response, add_special_tokens=False)["input_ids"] + [eos]
+        for drop in range(len(sample.history) + 1):
+            prompt = self.tokenizer(sample.prompt(drop) + "\n", add_special_tokens=False)["input_ids"]
+            if len(prompt) + len(answer) <= self.max_length:
+                return compact.answer_row(prompt, answer)
+        return None
+
+    def _sid_items(self) -> dict[str, int]:
+        if not hasattr(self, "_sid_item_map"):
+            self._sid_item_map = {sid: i for i, sid in enumerate(self._sids())}
+        return self._sid_item_map
+
+    def dense_rows(self) -> list[dict]:
+        """``seqdense``: one row per user over the training part of the sequence (``seq[:-2]``)."""
+        spec = self.task_specs["seqdense"]
+        sequences = [s for s in train_sequences(self.catalog) if s]
+        if spec.data_samples:
+            sequences = random.Random(self.seed).sample(sequences, min(spec.data_samples, len(sequences)))
+        prefix, rows = self._compact_prefix(), self.item_rows()
+        return [compact.dense_row(prefix, seq, rows, self.max_length) for _ in range(spec.prompt_samples) for seq in sequences]
+
     def build_datasets(self, stage: str | None) -> None:
         self._prepare_vocab()
         if stage in (None, "fit") and self.train_data is None:
             side = load_side_info(self.side_info_path, self.catalog) if self.side_info_path else {}
             ctx = TaskContext(self.catalog, self._sids(), self.split.train, side, self.max_history)
             samples = build_alignment_samples(ctx, self.task_specs, self.seed, self.passes)
-            encoded = [encode_sample(self.tokenizer, s, SYSTEM_PROMPT, self.max_length) for s in samples]
+            encoded = self.encode_train(samples)
             self.train_data = [e for e in encoded if e is not None]
             if len(self.train_data) < len(samples):
                 log.warning(
@@ -216,6 +276,10 @@ class AlignmentDataModule(CatalogDataModule):
                     len(samples) - len(self.train_data),
                     self.max_length,
                 )
+            if self.task_specs["seqdense"].enabled:
+                dense = self.dense_rows()
+                log.info("alignment task seqdense: %d rows", len(dense))
+                self.train_data += dense
             lengths = [len(e["input_ids"]) for e in self.train_data]
             log.info("alignment train set: %d samples, mean %.1f tokens", len(lengths), sum(lengths) / len(lengths))
         if stage in (None, "fit", "validate") and "valid" not in self.eval_data:
@@ -249,14 +313,24 @@ class AlignmentDataModule(CatalogDataModule):
         """Direct-mode prompt: the fixed seq-rec template over the user's history."""
         return TaskSample("seqrec", DIRECT_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
 
+    def compact_eval(self) -> bool:
+        """Whether evaluation prompts use the compact format (direct mode under ``compact``)."""
+        return self.prompt_format == "compact"
+
     def _encode_eval(self, samples: list[Sample]) -> list[dict]:
-        sids = self._sids()
         out = []
+        if self.compact_eval():
+            prefix, rows = self._compact_prefix(), self.item_rows()
+            for s in samples:
+                ids = compact.history_prompt(prefix, s.history, rows, self.max_length)
+                out.append({"input_ids": ids, "target": s.target, "user": s.user})
+            return sorted(out, key=lambda r: len(r["input_ids"]))
+        sids = self._sids()
         for s in samples:
             ids = fit_prompt(self.tokenizer, self.eval_prompt(s, sids), self.eval_system_prompt, self.max_length)
             if ids is None:
                 raise ValueError(f"user {s.user}: evaluation prompt exceeds max_length={self.max_length} with one item")
-            out.append({"input_ids": ids, "target": s.target})
+            out.append({"input_ids": ids, "target": s.target, "user": s.user})
         return sorted(out, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding
 
     def _collate_train(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -274,6 +348,7 @@ class AlignmentDataModule(CatalogDataModule):
             "input_ids": pad([r["input_ids"] for r in rows], self.tokenizer.pad_token_id, left=True),
             "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0, left=True),
             "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
+            "user": torch.tensor([r.get("user", -1) for r in rows], dtype=torch.long),
         }
 
     def train_dataloader(self) -> DataLoader:

@@ -6,6 +6,12 @@ KV cache is expanded to the beams, and every step looks up the allowed tokens of
 with one gather on dense tables (``prefix_tables``). Scores are sums of true log-probs: log-softmax over
 the full vocabulary first, then the mask. Works for decoder-only LMs (plain or peft-wrapped) and for
 encoder-decoders (TIGER's T5).
+
+With ``vocab`` (the ID tokens plus EOS), a decoder-only model is scored over that vocabulary alone:
+the head runs on those rows only and the log-softmax normalises over them. That is the exact search
+of a model trained with the same restricted softmax (``SFTModule(logits_vocab="ids")``); for a model
+trained over the full vocabulary it renormalises each step, which ``benchmarks/bench_eval_cpu.py``
+compares against the full-vocabulary search.
 """
 
 from __future__ import annotations
@@ -42,9 +48,25 @@ class BeamResult:
 class _Stepper:
     """Runs the model: one prefill per prompt, then one-token steps over ``B * num_beams`` rows."""
 
-    def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vocab: torch.Tensor | None = None,
+    ) -> None:
         self.model = model
         self.enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.body = self.head_weight = self.head_bias = None
+        if vocab is not None:
+            if self.enc_dec:
+                raise ValueError("a restricted scoring vocabulary is for decoder-only models")
+            lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            head = lm.get_output_embeddings()
+            self.body = lm.base_model
+            self.head_weight = head.weight[vocab]  # peft's trainable-token wrapper returns merged rows
+            bias = getattr(head, "bias", None)
+            self.head_bias = None if bias is None else bias[vocab]
         self.mask = attention_mask
         self.cache = None
         self.encoder_outputs = None
@@ -63,16 +85,23 @@ class _Stepper:
             )
         else:
             self.positions = (self.mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = self.model(
-                input_ids=self.input_ids,
-                attention_mask=self.mask,
-                position_ids=self.positions,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = self._decoder(self.input_ids, use_cache=True)
             self.positions = self.positions[:, -1:]
         self.cache = getattr(out, CACHE)
-        return out.logits[:, -1]
+        return self._last_logits(out)
+
+    def _decoder(self, input_ids: torch.Tensor, **kwargs):
+        """Decoder-only forward: the body alone when scoring a restricted vocabulary."""
+        common = {"input_ids": input_ids, "attention_mask": self.mask, "position_ids": self.positions, **kwargs}
+        if self.body is not None:
+            return self.body(**common)
+        return self.model(**common, logits_to_keep=1)
+
+    def _last_logits(self, out) -> torch.Tensor:
+        if self.body is None:
+            return out.logits[:, -1]
+        logits = out.last_hidden_state[:, -1] @ self.head_weight.T
+        return logits if self.head_bias is None else logits + self.head_bias
 
     def expand(self, num_beams: int) -> None:
         """Repeat the prompt state to ``num_beams`` rows per user (user-major order)."""
@@ -118,16 +147,20 @@ class _Stepper:
         else:
             self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
             self.positions = self.positions + 1
-            out = self.model(
-                input_ids=tokens,
-                attention_mask=self.mask,
-                position_ids=self.positions,
-                **{CACHE: self.cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = self._decoder(tokens, **{CACHE: self.cache}, use_cache=True)
         self.cache = getattr(out, CACHE)
-        return out.logits[:, -1]
+        return self._last_logits(out)
+
+
+def vocab_positions(vocab: torch.Tensor, tables: PrefixTables) -> torch.Tensor:
+    """``[max token id + 1]`` map from vocabulary id to its column in the restricted logits."""
+    size = max(int(vocab.max()), *(int(t.max()) for t in tables.tokens)) + 1
+    position = torch.full((size,), -1, dtype=torch.long, device=vocab.device)
+    position[vocab] = torch.arange(len(vocab), device=vocab.device)
+    missing = set().union(*(t.unique().tolist() for t in tables.tokens)) - set(vocab.tolist())
+    if missing:
+        raise ValueError(f"scoring vocabulary lacks decodable token ids {sorted(missing)[:10]}")
+    return position
 
 
 def _select(cand: torch.Tensor, num_beams: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +179,7 @@ def constrained_beam_search(
     attention_mask: torch.Tensor,
     tables: PrefixTables,
     num_beams: int = 10,
+    vocab: torch.Tensor | None = None,
 ) -> BeamResult:
     """Beam search restricted by ``tables`` for a batch of prompts.
 
@@ -157,6 +191,8 @@ def constrained_beam_search(
         num_beams: hypotheses kept per user; may exceed the number of valid IDs (extra slots get
             item ``-1`` and score ``-inf``). With ``num_beams >= n_items`` the trie result is the exact
             full ranking of the catalogue by sequence log-prob.
+        vocab: sorted vocabulary ids to score over (every token of ``tables`` among them); ``None``
+            scores over the full vocabulary (see the module docstring).
 
     Raises:
         RuntimeError: a user is left with no live hypothesis (an empty allowed set); the search never
@@ -167,7 +203,8 @@ def constrained_beam_search(
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask must both be [B, T]")
     batch = input_ids.shape[0]
-    stepper = _Stepper(model, input_ids, attention_mask)
+    stepper = _Stepper(model, input_ids, attention_mask, vocab)
+    position = None if vocab is None else vocab_positions(vocab, tables)
     logits = stepper.prefill()
     beam_scores = logits.new_zeros((batch, 1), dtype=torch.float32)
     states = torch.zeros((batch, 1), dtype=torch.long, device=input_ids.device)
@@ -177,7 +214,7 @@ def constrained_beam_search(
         logp = logits.float().log_softmax(-1).view(batch, states.shape[1], -1)
         tok = tables.tokens[t][states]  # [B, b, M]
         valid = tables.valid[t][states]
-        gain = logp.gather(-1, tok)
+        gain = logp.gather(-1, tok if position is None else position[tok])
         gain = torch.where(tables.scored[t][states].unsqueeze(-1), gain, torch.zeros_like(gain))
         cand = torch.where(valid, beam_scores.unsqueeze(-1) + gain, torch.full_like(gain, float("-inf")))
         width = tok.shape[-1]

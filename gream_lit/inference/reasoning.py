@@ -295,10 +295,9 @@ class ReasoningSFTModule(SFTModule):
             self.tables = self.tables.to(self.device)
         return reason_then_rank(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.tables, opts)
 
-    def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> None:
+    def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> dict:
         if not self._reasoning_on(dataloader_idx):
-            self._metrics(split, dataloader_idx).update(self.recommend(batch), batch["target"])
-            return
+            return self._direct_step(split, batch, dataloader_idx)
         result = self.reason(batch)
         self._metrics(split, 0).update(result.items, batch["target"])
         self.parse_rates[split].update(result.parsed.float().to(self.device))
@@ -307,6 +306,7 @@ class ReasoningSFTModule(SFTModule):
             self.failure_rates[f"{split}_{cause}"].update(result.failures[:, k].to(self.device))
         if batch_idx == 0:
             self._log_chains(split, result.texts[: self.hparams.log_examples])
+        return {"user": batch.get("user"), "target": batch["target"], "items": result.items}
 
     def _log_chains(self, split: str, texts: list[str]) -> None:
         for logger in self.loggers:
@@ -323,15 +323,15 @@ class ReasoningSFTModule(SFTModule):
                 self.log(f"{self.hparams.stage}/{split}/{name}", metric.compute())
                 metric.reset()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, batch_idx, dataloader_idx)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step("val", batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self._log_rates("val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, batch_idx, dataloader_idx)
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step("test", batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()

@@ -7,6 +7,7 @@ over the index's IDs, then Recall/NDCG/MRR@K over the full catalogue.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from gream_lit.data.sft_data import label_index as flat_label_index
-from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
@@ -27,22 +28,42 @@ from gream_lit.modeling.vocab import extend_model_vocab
 
 log = logging.getLogger(__name__)
 CONSTRAINTS = ("trie", "per_position")
+LOGITS_VOCABS = ("full", "ids")
+SCHEDULES = {"cosine": get_cosine_schedule_with_warmup, "linear": get_linear_schedule_with_warmup}
 
 
 def assistant_token_loss(
-    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, label_index: torch.Tensor | None = None
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: torch.nn.Module,
+    label_index: torch.Tensor | None = None,
+    vocab: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions; the vocabulary projection runs only on
     the hidden states that predict a label (a few % of a chat sample), not on the whole sequence.
 
     ``label_index`` comes from the collator (``sft_data.label_index``), computed on the host so that
     picking the positions needs no device sync; without it, it is computed here from ``labels``.
+    With ``vocab`` (sorted token ids) the softmax runs over those rows of the head only, which is
+    what an ID-only objective needs and ~50x fewer logits for SmolLM2 with a 1k-token index.
     """
     targets = labels[:, 1:]
     if label_index is None:
         label_index = flat_label_index(labels)
     rows, cols = label_index // targets.shape[1], label_index % targets.shape[1]
-    return F.cross_entropy(head(hidden[rows, cols]).float(), targets[rows, cols])
+    picked, gold = hidden[rows, cols], targets[rows, cols]
+    if vocab is None:
+        return F.cross_entropy(head(picked).float(), gold)
+    position = torch.full((int(max(vocab.max(), gold.max())) + 1,), -1, dtype=torch.long, device=gold.device)
+    position[vocab] = torch.arange(len(vocab), device=gold.device)
+    mapped = position[gold]
+    if (mapped < 0).any():
+        outside = sorted(set(gold[mapped < 0].tolist()))[:10]
+        raise ValueError(f"logits_vocab='ids' but labels hold token ids outside the ID vocabulary: {outside}")
+    logits = picked @ head.weight[vocab].T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[vocab]
+    return F.cross_entropy(logits.float(), mapped)
 
 
 class SFTModule(L.LightningModule):
@@ -69,6 +90,13 @@ class SFTModule(L.LightningModule):
             Pipelines point it at the stage directory so the next stage can find ``model/``.
         avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see ``attention``):
             length-bucketed batches change shape every step, which that backend pays for per shape.
+        logits_vocab: ``full`` (softmax over the whole vocabulary) or ``ids`` (over the ID tokens and
+            EOS only, in the training loss and in the beam search alike): an ID-only objective
+            (``seqdense``, compact prompts) needs no other rows, and on a CPU the 49k-row head is a
+            fifth of a decode step. Text answers (index2item, CoT) need ``full``.
+        lr_schedule: ``cosine`` or ``linear`` decay after the warm-up.
+        merge_for_test: merge LoRA into the weights while testing (one matmul per projection
+            instead of three), unmerged afterwards.
     """
 
     def __init__(
@@ -87,19 +115,32 @@ class SFTModule(L.LightningModule):
         export_merged: bool = True,
         export_dir: str | None = None,
         avoid_cudnn_attention: bool = True,
+        logits_vocab: str = "full",
+        lr_schedule: str = "cosine",
+        merge_for_test: bool = True,
     ) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise ValueError(f"unknown constraint {constraint!r}; expected one of {CONSTRAINTS}")
+        if logits_vocab not in LOGITS_VOCABS:
+            raise ValueError(f"logits_vocab: unknown {logits_vocab!r}; expected one of {LOGITS_VOCABS}")
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule: unknown {lr_schedule!r}; expected one of {sorted(SCHEDULES)}")
         self.save_hyperparameters()
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self.tables = None
+        self.vocab: torch.Tensor | None = None
+        self.base_fingerprint: str | None = None
+        # LoRA checkpoints hold the trained weights only; the frozen base is rebuilt from its path
+        self.strict_loading = self.lora is None
         self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
 
     def setup(self, stage: str) -> None:
         avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
+        if stage == "fit":
+            check_monitors(self.trainer.callbacks, self.hparams.stage)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -109,6 +150,7 @@ class SFTModule(L.LightningModule):
             raise ValueError("SFTModule needs a datamodule exposing `tokenizer` and `index` (e.g. AlignmentDataModule)")
         self.tokenizer, index = dm.tokenizer, dm.index
         name = self.hparams.model_path or dm.backbone
+        self.base_fingerprint = weights_fingerprint(resolve(name))
         model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         texts = dm.item_texts() if self.hparams.embedding_init == "text_mean" else None
@@ -119,6 +161,9 @@ class SFTModule(L.LightningModule):
         item_ids = index_token_ids(index, self.tokenizer)
         build = build_prefix_tables if self.hparams.constraint == "trie" else build_per_position_tables
         self.tables = build(item_ids, self.tokenizer.eos_token_id)
+        if self.hparams.logits_vocab == "ids":
+            self.vocab = torch.tensor(sorted({*token_ids, self.tokenizer.eos_token_id}), dtype=torch.long)
+            vocab_positions(self.vocab, self.tables)  # fails now, not at the first evaluation
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("backbone %s: %d ID tokens, %d trainable parameters", name, len(token_ids), n_train)
 
@@ -128,7 +173,9 @@ class SFTModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lm = self._causal_lm()
         hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        loss = assistant_token_loss(hidden, batch["labels"], lm.get_output_embeddings(), batch.get("label_index"))
+        vocab = None if self.vocab is None else self.vocab.to(self.device)
+        head = lm.get_output_embeddings()
+        loss = assistant_token_loss(hidden, batch["labels"], head, batch.get("label_index"), vocab)
         if self._check_finite() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log(f"{self.hparams.stage}/train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
@@ -145,8 +192,9 @@ class SFTModule(L.LightningModule):
         """``[B, num_beams]`` ranked items for a batch of direct-mode prompts."""
         if self.tables.tokens[0].device != self.device:
             self.tables = self.tables.to(self.device)
+        vocab = None if self.vocab is None else self.vocab.to(self.device)
         result = constrained_beam_search(
-            self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams
+            self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams, vocab
         )
         return result.items
 
@@ -167,22 +215,34 @@ class SFTModule(L.LightningModule):
                 self.log_dict(metrics.compute(), add_dataloader_idx=False)
                 metrics.reset()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._metrics("val", dataloader_idx).update(self.recommend(batch), batch["target"])
+    def _direct_step(self, split: str, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        items = self.recommend(batch)
+        self._metrics(split, dataloader_idx).update(items, batch["target"])
+        return {"user": batch.get("user"), "target": batch["target"], "items": items}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._direct_step("val", batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._metrics("test", dataloader_idx).update(self.recommend(batch), batch["target"])
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._direct_step("test", batch, dataloader_idx)
+
+    def on_test_epoch_start(self) -> None:
+        if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
+            self.model.merge_adapter()
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+        if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
+            self.model.unmerge_adapter()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        schedule = SCHEDULES[self.hparams.lr_schedule]
+        scheduler = schedule(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _param_groups(self) -> list[dict]:
@@ -219,12 +279,54 @@ class SFTModule(L.LightningModule):
         return out
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Under LoRA keep only what is trained (adapter, ID-token rows): tens of MB instead of a copy
+        of the frozen base, which the checkpoint names by path and fingerprint instead."""
+        if self.lora is not None:
+            trained = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
+            checkpoint["frozen_base"] = {"fingerprint": self.base_fingerprint}
         if self.trainer.is_global_zero:
             self.save_handoff(merged=False)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        base = checkpoint.get("frozen_base")
+        if base and self.base_fingerprint and base["fingerprint"] != self.base_fingerprint:
+            raise ValueError(
+                f"checkpoint was trained on a base model with fingerprint {base['fingerprint']}, but "
+                f"{self.hparams.model_path or 'the datamodule backbone'} has {self.base_fingerprint}; "
+                "point model_path/backbone at the weights the stage started from"
+            )
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             log.info("hand-off artefacts written to %s", self.save_handoff(merged=self.hparams.export_merged))
+
+
+def check_monitors(callbacks: list, stage: str) -> None:
+    """Fail before training when a checkpoint or early-stopping callback monitors another stage's key
+    (``sft/val/ndcg@10`` for a module logging ``align/...``): Lightning finds out only at the end of the
+    first epoch."""
+    for cb in callbacks:
+        monitor = getattr(cb, "monitor", None)
+        if monitor and "/" in monitor and not monitor.startswith(f"{stage}/"):
+            raise ValueError(
+                f"{type(cb).__name__}(monitor={monitor!r}) cannot be found: this module logs under "
+                f"'{stage}/' (model.init_args.stage); monitor e.g. '{stage}/val/ndcg@10'"
+            )
+
+
+def weights_fingerprint(folder: str) -> str | None:
+    """sha256 over a local model folder's weight files (``None`` for a hub name): what a slim LoRA
+    checkpoint records to refuse resuming on other base weights."""
+    files = sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> None:

@@ -95,10 +95,14 @@ class RolloutEngine:
         self.forward_batch_size = forward_batch_size
 
     def encode(
-        self, messages: Sequence[list[dict[str, str]]], device: torch.device
+        self, messages: Sequence[list[dict[str, str]] | str], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded, left-truncated ``(input_ids, attention_mask)`` of chat prompts."""
-        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages]
+        """Left-padded, left-truncated ``(input_ids, attention_mask)`` of chat prompts (a plain
+        string is a prompt text already, e.g. the compact format's)."""
+        texts = [
+            m if isinstance(m, str) else self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            for m in messages
+        ]
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
         enc = self.tokenizer(

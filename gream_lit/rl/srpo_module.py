@@ -242,7 +242,8 @@ class SRPOModule(L.LightningModule):
         lines = []
         for i in range(min(len(results), 2 * g)):
             if i % g == 0:
-                lines.append(f"**prompt** `{messages[i // g][-1]['content']}`  \n**target** `{targets[i // g]}`")
+                prompt = messages[i // g] if isinstance(messages[i // g], str) else messages[i // g][-1]["content"]
+                lines.append(f"**prompt** `{prompt}`  \n**target** `{targets[i // g]}`")
             lines.append(f"- reward {results[i].reward:.3f} (match {results[i].match:.3f}): `{rollout.texts[i]}`")
         experiment.add_text("rl/train/samples", "\n".join(lines), self._gen_batch)
 
@@ -372,13 +373,14 @@ class SRPOModule(L.LightningModule):
         return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> None:
+    def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> dict[str, torch.Tensor]:
         """Sample ``n`` answers per prompt, rank them by the model's total log-prob (spec §8.2), score them."""
         if self.direct_eval is not None:
             # direct mode, exact trie-constrained beam search: the SFT stages' ranking
             ids, mask = self.engine.encode(batch["messages"], self.device)
-            self.direct_eval.step(self, self.policy, ids, mask, torch.tensor(batch["item"], device=self.device), split)
-            return
+            target = torch.tensor(batch["item"], device=self.device)
+            result = self.direct_eval.step(self, self.policy, ids, mask, target, split)
+            return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
         rollout = self.engine.generate(self.policy, batch["messages"], sampling)
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
         with torch.no_grad():
@@ -404,12 +406,13 @@ class SRPOModule(L.LightningModule):
         }
         self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=b)
+        return {"user": torch.tensor(batch["user"]), "target": target, "items": ranked}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.sampling["val"], "val", self.val_metrics)
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.sampling["val"], "val", self.val_metrics)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:

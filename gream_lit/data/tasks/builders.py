@@ -69,7 +69,11 @@ DEFAULT_TASKS: dict[str, TaskSpec] = {
     "fusionseqrec": TaskSpec(prompt_samples=1, data_samples=50000),
     "itemsearch": TaskSpec(prompt_samples=1),
     "preferenceobtain": TaskSpec(prompt_samples=1),
+    "seqdense": TaskSpec(enabled=False),
 }
+# Tasks the data module writes as whole-sequence rows rather than instruction samples (``seqdense``:
+# every item of a user's training sequence is a target, see ``compact_format.dense_row``).
+ROW_TASKS = frozenset({"seqdense"})
 
 
 def parse_task_specs(config: dict[str, dict] | None) -> dict[str, TaskSpec]:
@@ -255,10 +259,10 @@ def build_alignment_samples(
     out: list[TaskSample] = []
     for _ in range(passes):
         for name, spec in specs.items():
-            if spec.enabled:
+            if spec.enabled and name not in ROW_TASKS:
                 samples = BUILDERS[name](ctx, spec, rng)
                 log.info("alignment task %s: %d samples", name, len(samples))
                 out.extend(samples)
-    if not out:
+    if not out and not any(specs[name].enabled for name in ROW_TASKS if name in specs):
         raise ValueError("alignment tasks produced no samples; enable at least one task with data")
     return out
