@@ -118,13 +118,14 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
 
 
 def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_differences(tmp_path: Path, capsys) -> None:
-    """index -> align (seqdense, compact prompts, ID-vocabulary softmax) -> rl (compact prompts)."""
+    """index -> align (seqdense, compact prompts, ID-vocabulary softmax) -> rl (compact prompts, rollouts
+    and beam search over the ID vocabulary)."""
     paths = write_inputs(tmp_path)
     exp = experiment(paths)
     exp["stages"]["align"]["model"]["init_args"].update(logits_vocab="ids", lr_schedule="linear")
     exp["stages"]["align"]["data"]["init_args"].update(prompt_format="compact", tasks={
         "seqdense": {"enabled": True}, **{t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}})
-    exp["stages"]["rl"]["model"]["init_args"]["eval_decoding"] = "beam"
+    exp["stages"]["rl"]["model"]["init_args"].update(eval_decoding="beam", logits_vocab="ids")
     exp["stages"]["rl"]["data"]["init_args"]["prompt_format"] = "compact"
     for stage in ("align", "rl"):
         exp["stages"][stage]["trainer"]["limit_test_batches"] = 1.0

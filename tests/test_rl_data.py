@@ -123,3 +123,26 @@ def test_compact_prompts_are_the_bare_id_text(data_dir: Path) -> None:
     (data_dir / "D.index.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="need IDs of one length"):
         make_dm(data_dir, mode="direct", prompt_format="compact")
+
+
+def test_restricted_vocab_rollouts_stay_inside_and_score_over_it(policy) -> None:
+    model, tokenizer = policy
+    vocab = torch.tensor(sorted(tokenizer.convert_tokens_to_ids([f"<|a_{i}|>" for i in range(1, 8)] + ["<|b_1|>"]))
+                         + [tokenizer.eos_token_id])
+    engine = RolloutEngine(tokenizer, vocab=vocab)
+    torch.manual_seed(0)
+    rollout = engine.generate(model, ["History:<|a_1|><|b_1|>"], SamplingConfig(n=8, max_new_tokens=3))
+    kept = rollout.response_ids[rollout.response_mask.bool()]
+    assert set(kept.tolist()) <= set(vocab.tolist())
+    # every token of the vocabulary at the first response position: probabilities sum to 1 over it
+    first = rollout.select(torch.zeros(len(vocab), dtype=torch.long))
+    first.response_ids = vocab.unsqueeze(1).clone()
+    first.response_mask = torch.ones_like(first.response_ids)
+    assert engine.logprobs(model, first)[:, 0].exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_srpo_logits_vocab_needs_direct_mode() -> None:
+    from gream_lit.rl.srpo_module import SRPOModule
+
+    with pytest.raises(ValueError, match="'ids' with mode 'direct'"):
+        SRPOModule(mode="reason", logits_vocab="ids")

@@ -39,6 +39,7 @@ class DirectEvaluator(torch.nn.Module):
         num_beams: beams per user = length of the ranked list (10 as in GREAM; 50+ works).
         ks: cut-offs of the metrics; each must be <= ``num_beams``.
         constraint: ``trie`` (only catalogue IDs) or ``per_position`` (official rule, spec §8.1).
+        vocab: token ids to score over (``constrained_beam_search``'s ``vocab``); ``None`` = all.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class DirectEvaluator(torch.nn.Module):
         num_beams: int = 10,
         ks: tuple[int, ...] = (1, 5, 10),
         constraint: str = "trie",
+        vocab: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
@@ -58,6 +60,7 @@ class DirectEvaluator(torch.nn.Module):
         build = build_prefix_tables if constraint == "trie" else build_per_position_tables
         self._register_tables(build(item_token_ids, eos_token_id))
         self.num_beams = num_beams
+        self.register_buffer("_vocab", vocab, persistent=False)
         self.metrics = torch.nn.ModuleDict({s: ranking_metrics(tuple(ks), prefix=f"{stage}/{s}/") for s in SPLITS})
 
     @classmethod
@@ -93,7 +96,7 @@ class DirectEvaluator(torch.nn.Module):
 
     def rank(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BeamResult:
         """Top ``num_beams`` items per prompt (left-padded for causal LMs), best first."""
-        return constrained_beam_search(model, input_ids, attention_mask, self.tables, self.num_beams)
+        return constrained_beam_search(model, input_ids, attention_mask, self.tables, self.num_beams, self._vocab)
 
     def step(
         self,

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,24 @@ class RolloutEngine:
         tokenizer: the policy's tokenizer (chat template, eos and pad tokens set).
         max_prompt_tokens: prompts longer than this lose their oldest tokens (left truncation).
         forward_batch_size: sequences per forward pass when scoring log-probs.
+        vocab: sorted token ids the policy samples from and is scored over (``None`` = all): a model
+            trained with a softmax over the ID tokens only (``SFTModule(logits_vocab="ids")``) defines
+            no distribution over the other rows, so its rollouts must stay inside that vocabulary.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int = 768, forward_batch_size: int = 16):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_prompt_tokens: int = 768,
+        forward_batch_size: int = 16,
+        vocab: torch.Tensor | None = None,
+    ):
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the policy tokenizer needs eos and pad tokens")
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.forward_batch_size = forward_batch_size
+        self.vocab = vocab
 
     def encode(
         self, messages: Sequence[list[dict[str, str]] | str], device: torch.device
@@ -136,8 +146,11 @@ class RolloutEngine:
         )
         was_training = model.training
         model.eval()
+        processors = LogitsProcessorList([AllowOnly(self.vocab)] if self.vocab is not None else [])
         with _generation_config(model, config):
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=processors
+            )
         model.train(was_training)
         prompt_len = input_ids.shape[1]
         response = out[:, prompt_len:]
@@ -184,8 +197,8 @@ class RolloutEngine:
             )
         return torch.cat(chunks)
 
-    @staticmethod
     def _logprobs(
+        self,
         model: torch.nn.Module,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
@@ -203,7 +216,22 @@ class RolloutEngine:
         ).logits
         logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature
         token_logits = logits.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        if self.vocab is not None:
+            logits = logits[..., self.vocab.to(logits.device)]
         return token_logits - torch.logsumexp(logits, dim=-1)
+
+
+class AllowOnly(LogitsProcessor):
+    """Scores ``-inf`` outside ``vocab``: sampling stays inside the policy's vocabulary."""
+
+    def __init__(self, vocab: torch.Tensor) -> None:
+        self.vocab = vocab
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        allowed = torch.full_like(scores, float("-inf"))
+        vocab = self.vocab.to(scores.device)
+        allowed[:, vocab] = scores[:, vocab]
+        return allowed
 
 
 def concat_rollouts(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:

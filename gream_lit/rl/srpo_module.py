@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.inference import DirectEvaluator
+from gream_lit.inference import DirectEvaluator, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.lora import LoraOptions
@@ -94,6 +94,9 @@ class SRPOModule(L.LightningModule):
         eval_decoding: ``sample`` (spec §8.2: n samples ranked by log-prob) or, in direct mode,
             ``beam`` (exact trie-constrained beam search, comparable with the SFT stages' direct tests).
         num_beams: beams of ``beam`` evaluation.
+        logits_vocab: ``full``, or ``ids`` (direct mode): rollouts are sampled from, and scored over,
+            the ID tokens and EOS only, as is the beam evaluation; the policy of an SFT stage trained
+            with ``logits_vocab: ids`` has no distribution over the other rows.
         log_samples_every: write sample rollouts to TensorBoard every this many generation batches.
         export_dir: if set, ``save_pretrained`` the policy and tokenizer there when training ends.
         avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see
@@ -130,6 +133,7 @@ class SRPOModule(L.LightningModule):
         ks: tuple[int, ...] = (1, 5, 10),
         eval_decoding: str = "sample",
         num_beams: int = 10,
+        logits_vocab: str = "full",
         log_samples_every: int = 10,
         export_dir: str | None = None,
         avoid_cudnn_attention: bool = True,
@@ -143,6 +147,8 @@ class SRPOModule(L.LightningModule):
             raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
         if eval_decoding not in ("sample", "beam") or (eval_decoding == "beam" and mode != "direct"):
             raise ValueError(f"eval_decoding {eval_decoding!r}: expected 'sample', or 'beam' with mode 'direct'")
+        if logits_vocab not in ("full", "ids") or (logits_vocab == "ids" and mode != "direct"):
+            raise ValueError(f"logits_vocab {logits_vocab!r}: expected 'full', or 'ids' with mode 'direct'")
         # the CLI may hand dataclass arguments over as plain dicts
         self.sampling = {
             "train": _as(SamplingConfig, rollout),
@@ -184,13 +190,17 @@ class SRPOModule(L.LightningModule):
         """Policy, tokenizer, rollout engine and reference model for ``index``'s IDs."""
         hp = self.hparams
         self.policy, self.tokenizer = load_policy(hp.backbone, index, hp.dtype, hp.tiny, self.lora)
-        self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size)
+        vocab = None
+        if hp.logits_vocab == "ids":
+            ids = index_token_ids(index, self.tokenizer)
+            vocab = torch.tensor(sorted({*ids[ids >= 0].tolist(), self.tokenizer.eos_token_id}))
+        self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size, vocab)
         lengths = index.lengths()
         self._direct_len = (int(lengths.min()), int(lengths.max()))
         self._lookup = {index.item_string(i): i for i in range(index.n_items)}
         if hp.eval_decoding == "beam":
             self.direct_eval = DirectEvaluator.from_index(
-                index, self.tokenizer, "rl", num_beams=hp.num_beams, ks=tuple(hp.ks)
+                index, self.tokenizer, "rl", num_beams=hp.num_beams, ks=tuple(hp.ks), vocab=vocab
             ).to(self.device)
         if self.lora is None and hp.kl_coef > 0:
             ref = copy.deepcopy(self.policy).eval()
@@ -413,6 +423,15 @@ class SRPOModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
+
+    def on_test_epoch_start(self) -> None:
+        """The beam test runs on merged LoRA weights (one matmul per projection), unmerged after."""
+        if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
+            self.policy.merge_adapter()
+
+    def on_test_epoch_end(self) -> None:
+        if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
+            self.policy.unmerge_adapter()
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
