@@ -43,6 +43,16 @@ def rl_messages(history: str, mode: str, template: str, system_prompt: str | Non
     return [{"role": "system", "content": system_prompt}, user] if system_prompt else [user]
 
 
+def by_length(rows: list[dict]) -> list[dict]:
+    """Evaluation prompts shortest first, so a batch pads to similar lengths (users keep their row)."""
+
+    def size(row: dict) -> int:
+        prompt = row["messages"]
+        return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+
+    return sorted(rows, key=size)
+
+
 def collate_prompts(rows: list[dict]) -> dict[str, list]:
     """Batch of prompts as lists (tokenising is the policy's job: it owns the tokenizer)."""
     return {key: [row[key] for row in rows] for key in rows[0]}
@@ -152,9 +162,9 @@ class RLDataModule(CatalogDataModule):
                 raise DataError(f"{self.catalog.name}: no training prompt has >= {self.min_history} history items")
             self.train_set = self.prompts(train, rng)
         if stage in ("fit", "validate", None):
-            self.valid_set = self.prompts(self._subset(valid, self.max_val_prompts, 0), rng)
+            self.valid_set = by_length(self.prompts(self._subset(valid, self.max_val_prompts, 0), rng))
         if stage in ("test", "predict", None):
-            self.test_set = self.prompts(self.eval_samples("test"), None)
+            self.test_set = by_length(self.prompts(self.eval_samples("test"), None))
 
     def _loader(self, rows: list[dict], batch_size: int, shuffle: bool = False) -> DataLoader:
         return DataLoader(
