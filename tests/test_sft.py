@@ -71,15 +71,21 @@ def tiny_config(paths: dict[str, str]) -> dict:
     }
 
 
-def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def fit_tiny(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """The tiny alignment config fitted through the CLI: (paths, config file, run folder)."""
     paths = write_toy_dataset(tmp_path)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(paths)))
     run = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    return paths, config, run
+
+
+def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paths, _, run = fit_tiny(tmp_path)
     out = capsys.readouterr().out
     assert "sft/test/recall@10" in out and "sft/test/item2index/recall@1" in out
 
@@ -165,11 +171,7 @@ def test_token_lr_puts_the_id_token_rows_in_their_own_param_group():
 
 
 def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path, capsys):
-    paths = write_toy_dataset(tmp_path)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(paths)))
-    run = tmp_path / "run"
-    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    _, config, run = fit_tiny(tmp_path)
     fit_out = capsys.readouterr().out
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
