@@ -103,6 +103,9 @@ trainer:
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)]) == 0
     out = capsys.readouterr().out
     assert "tiger/test/recall@10" in out
+    per_user = [json.loads(line) for line in (root / "test_per_user.jsonl").read_text().splitlines()]
+    assert len(per_user) == 30 and all(len(r["items"]) == 10 for r in per_user)
+    assert all(r["rank"] == (r["items"].index(r["target"]) if r["target"] in r["items"] else -1) for r in per_user)
     ckpt = next(root.rglob("*.ckpt"))
     restored = Tiger.load_from_checkpoint(ckpt)
     assert restored.item_token_ids[11].tolist() == [2, 5, 10]
