@@ -127,6 +127,9 @@ def test_cli_fit_tiny_curriculum_with_reasoning_eval(toy, tmp_path, capsys):
         acc.Reload()
         tags += acc.Tags()["tensors"]
     assert any(tag.startswith("curriculum/test/reasoning_") for tag in tags)
+    (per_user,) = (tmp_path / "tb").rglob("test_per_user.jsonl")  # reasoning-mode rankings, one row per user
+    rows = [json.loads(line) for line in per_user.read_text().splitlines()]
+    assert rows and all(len(r["items"]) <= 10 and r["rank"] < len(r["items"]) for r in rows)
 
 
 def test_compact_curriculum_keeps_cot_in_chat_and_dense_rows_compact(toy):
