@@ -197,13 +197,14 @@ def parse_baseline(spec: str) -> tuple[str, dict[str, int]]:
     run_dir = Path(path)
     if not (run_dir / "experiment.yaml").is_file():
         raise PipelineError(f"--baseline {spec}: {run_dir} is not a run directory (no experiment.yaml)")
-    stages = [stage] if stage else [s for s in load_run(run_dir).stages if per_user_ranks(run_dir, s) is not None]
-    if len(stages) != 1:
-        raise PipelineError(f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {stages}")
-    ranks = per_user_ranks(run_dir, stages[0])
-    if ranks is None:
-        raise PipelineError(f"--baseline {spec}: {run_dir / stages[0] / FILE_NAME} does not exist; test that stage first")
-    return f"{run_dir.name}/{stages[0]}", ranks
+    found = {s: per_user_ranks(run_dir, s) for s in ([stage] if stage else load_run(run_dir).stages)}
+    if stage and found[stage] is None:
+        raise PipelineError(f"--baseline {spec}: {run_dir / stage / FILE_NAME} does not exist; test that stage first")
+    found = {s: ranks for s, ranks in found.items() if ranks is not None}
+    if len(found) != 1:
+        raise PipelineError(f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {list(found)}")
+    (name, ranks), = found.items()
+    return f"{run_dir.name}/{name}", ranks
 
 
 def interval_rows(

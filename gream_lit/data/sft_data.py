@@ -194,6 +194,10 @@ class AlignmentDataModule(CatalogDataModule):
         self.seed = seed
         self.tokenizer = None
         self.index: SemanticIndex | None = None
+        # compact-format lookups, built on first use
+        self._item_rows: list[list[int]] | None = None
+        self._prefix_ids: list[int] | None = None
+        self._sid_item_map: dict[str, int] | None = None
         self.train_data: list[dict] | None = None
         self.eval_data: dict[str, list[dict]] = {}
 
@@ -215,7 +219,7 @@ class AlignmentDataModule(CatalogDataModule):
 
     def item_rows(self) -> list[list[int]]:
         """Each item's ID token ids, padded to the index depth with EOS (the compact layout)."""
-        if getattr(self, "_item_rows", None) is None:
+        if self._item_rows is None:
             eos, depth = self.tokenizer.eos_token_id, self.index.depth
             rows = []
             for item in range(self.index.n_items):
@@ -225,7 +229,9 @@ class AlignmentDataModule(CatalogDataModule):
         return self._item_rows
 
     def _compact_prefix(self) -> list[int]:
-        return self.tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
+        if self._prefix_ids is None:
+            self._prefix_ids = self.tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
+        return self._prefix_ids
 
     def encode_train(self, samples: list[TaskSample]) -> list[dict | None]:
         """Instruction samples in this module's prompt format (``None`` where one cannot fit)."""
@@ -249,7 +255,7 @@ class AlignmentDataModule(CatalogDataModule):
         return None
 
     def _sid_items(self) -> dict[str, int]:
-        if not hasattr(self, "_sid_item_map"):
+        if self._sid_item_map is None:
             self._sid_item_map = {sid: i for i, sid in enumerate(self._sids())}
         return self._sid_item_map
 

@@ -152,14 +152,18 @@ class _Stepper:
         return self._last_logits(out)
 
 
-def vocab_positions(vocab: torch.Tensor, tables: PrefixTables) -> torch.Tensor:
-    """``[max token id + 1]`` map from vocabulary id to its column in the restricted logits."""
-    size = max(int(vocab.max()), *(int(t.max()) for t in tables.tokens)) + 1
+def vocab_positions(
+    vocab: torch.Tensor, tokens: torch.Tensor, error: str = "decodable token ids outside the scoring vocabulary"
+) -> torch.Tensor:
+    """``[max id + 1]`` map from vocabulary id to its column in logits restricted to ``vocab`` (-1 outside);
+    raises ``error`` with the offenders when one of ``tokens`` (ids that will be looked up) lies outside."""
+    tokens = tokens.reshape(-1)
+    size = int(max(vocab.max(), tokens.max())) + 1
     position = torch.full((size,), -1, dtype=torch.long, device=vocab.device)
     position[vocab] = torch.arange(len(vocab), device=vocab.device)
-    missing = set().union(*(t.unique().tolist() for t in tables.tokens)) - set(vocab.tolist())
-    if missing:
-        raise ValueError(f"scoring vocabulary lacks decodable token ids {sorted(missing)[:10]}")
+    outside = tokens[position[tokens.to(vocab.device)] < 0]
+    if outside.numel():
+        raise ValueError(f"{error}: {sorted(set(outside.tolist()))[:10]}")
     return position
 
 
@@ -204,7 +208,7 @@ def constrained_beam_search(
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask must both be [B, T]")
     batch = input_ids.shape[0]
     stepper = _Stepper(model, input_ids, attention_mask, vocab)
-    position = None if vocab is None else vocab_positions(vocab, tables)
+    position = None if vocab is None else vocab_positions(vocab, torch.cat([t.reshape(-1) for t in tables.tokens]))
     logits = stepper.prefill()
     beam_scores = logits.new_zeros((batch, 1), dtype=torch.float32)
     states = torch.zeros((batch, 1), dtype=torch.long, device=input_ids.device)

@@ -54,12 +54,8 @@ def assistant_token_loss(
     picked, gold = hidden[rows, cols], targets[rows, cols]
     if vocab is None:
         return F.cross_entropy(head(picked).float(), gold)
-    position = torch.full((int(max(vocab.max(), gold.max())) + 1,), -1, dtype=torch.long, device=gold.device)
-    position[vocab] = torch.arange(len(vocab), device=gold.device)
-    mapped = position[gold]
-    if (mapped < 0).any():
-        outside = sorted(set(gold[mapped < 0].tolist()))[:10]
-        raise ValueError(f"logits_vocab='ids' but labels hold token ids outside the ID vocabulary: {outside}")
+    error = "logits_vocab='ids' but labels hold token ids outside the ID vocabulary"
+    mapped = vocab_positions(vocab, gold, error)[gold]
     logits = picked @ head.weight[vocab].T
     if getattr(head, "bias", None) is not None:
         logits = logits + head.bias[vocab]
@@ -163,7 +159,8 @@ class SFTModule(L.LightningModule):
         self.tables = build(item_ids, self.tokenizer.eos_token_id)
         if self.hparams.logits_vocab == "ids":
             self.vocab = torch.tensor(sorted({*token_ids, self.tokenizer.eos_token_id}), dtype=torch.long)
-            vocab_positions(self.vocab, self.tables)  # fails now, not at the first evaluation
+            # fails now, not at the first evaluation
+            vocab_positions(self.vocab, torch.cat([t.reshape(-1) for t in self.tables.tokens]))
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("backbone %s: %d ID tokens, %d trainable parameters", name, len(token_ids), n_train)
 
