@@ -13,6 +13,7 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from gream_lit.allocator import fix_mmap_threshold
 from gream_lit.per_user import PerUserResults
 from gream_lit.reporting import print_metric_table
 
@@ -96,6 +97,7 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

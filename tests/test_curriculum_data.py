@@ -144,3 +144,24 @@ def test_compact_curriculum_keeps_cot_in_chat_and_dense_rows_compact(toy):
     assert dm.eval_data["valid"][0]["input_ids"][: len(prefix)] == prefix  # direct eval: compact
     reasoning = make(toy, prompt_format="compact", eval_mode="reasoning", tasks={"seqdense": {"enabled": True}, **off})
     assert REASONING_SYSTEM_PROMPT in reasoning.tokenizer.decode(reasoning.eval_data["valid"][0]["input_ids"])
+
+
+def test_compact_curriculum_trains_ids_vocab_with_text_cot_batches(toy, tmp_path):
+    """Dense rows train over the ID tokens, CoT batches (text targets) over the whole vocabulary:
+    without the batch flag the ID-vocabulary loss rejects the CoT labels."""
+    off = {t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}
+    dm = make(toy, prompt_format="compact", tasks={"seqdense": {"enabled": True}, **off})
+    flags = [batch["full_vocab"] for batch in dm.train_dataloader()]
+    expected = [any(r["kind"] == "cot" for r in dm.train_data[i : i + 4]) for i in range(0, len(dm.train_data), 4)]
+    assert flags == expected and set(flags) == {True, False}
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml").read_text())
+    config["trainer"].update(limit_train_batches=None, logger=False, limit_val_batches=0, limit_test_batches=1)
+    config["model"]["init_args"].update(logits_vocab="ids", checkpoint_tokens=64)
+    config["data"]["init_args"].update(
+        toy, max_length=4096, cot_max_samples=None, prompt_format="compact", eval_mode="direct",
+        tasks={"seqdense": {"enabled": True}, **off},
+    )
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0

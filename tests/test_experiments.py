@@ -140,3 +140,15 @@ def test_ablation_drops_a_stage(name: str, dropped: str) -> None:
     full = load_experiment(EXPERIMENTS / "gream_full.yaml")
     ablation = load_experiment(EXPERIMENTS / f"{name}.yaml")
     assert list(ablation["stages"]) == [s for s in full["stages"] if s != dropped]
+
+
+def test_cpu_ablation_without_curriculum_hands_the_alignment_model_to_srpo(tmp_path: Path) -> None:
+    full = load_experiment(EXPERIMENTS / "gream_cpu_scientific.yaml")
+    ablation = load_experiment(EXPERIMENTS / "ablation_cpu_no_curriculum.yaml")
+    assert list(full["stages"]) == ["mostpop", "sasrec", "align", "curriculum", "rl"]
+    assert ablation["name"] == "ablation_cpu_no_curriculum" and list(ablation["stages"]) == ["align", "rl"]
+    assert all(ablation["stages"][s] == full["stages"][s] for s in ("align", "rl"))
+    run = RunDir(tmp_path / "no_curriculum")
+    finish_all(ablation, run)
+    rl = stage_config(ablation, run, "rl")
+    assert rl["model"]["init_args"]["backbone"] == str(run.stage_dir("align") / "hf" / "model")

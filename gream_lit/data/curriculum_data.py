@@ -158,6 +158,11 @@ class CurriculumDataModule(AlignmentDataModule):
             return super().eval_prompt(sample, sids)
         return TaskSample("seqrec", REASONING_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
 
+    def _collate_train(self, rows: list[dict]) -> dict:
+        """Marks batches with chain-of-thought rows ``full_vocab``: their targets are text, so a module
+        training over the ID tokens only (``logits_vocab: ids``) takes the whole vocabulary for them."""
+        return {**super()._collate_train(rows), "full_vocab": any(r["kind"] == "cot" for r in rows)}
+
     def train_dataloader(self) -> DataLoader:
         """The stream in curriculum order: no shuffle, no length bucketing."""
         sampler = SequentialDistributedSampler(self.train_data, self.batch_size)

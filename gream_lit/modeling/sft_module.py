@@ -23,6 +23,7 @@ from gream_lit.inference.prefix_tables import build_per_position_tables, build_p
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
+from gream_lit.modeling.checkpointing import LongBatchCheckpointing
 from gream_lit.modeling.lora import TOKEN_ROWS, LoraOptions, apply_lora
 from gream_lit.modeling.vocab import extend_model_vocab
 
@@ -89,10 +90,14 @@ class SFTModule(L.LightningModule):
         logits_vocab: ``full`` (softmax over the whole vocabulary) or ``ids`` (over the ID tokens and
             EOS only, in the training loss and in the beam search alike): an ID-only objective
             (``seqdense``, compact prompts) needs no other rows, and on a CPU the 49k-row head is a
-            fifth of a decode step. Text answers (index2item, CoT) need ``full``.
+            fifth of a decode step. Batches the datamodule marks ``full_vocab`` (the curriculum's
+            chain-of-thought rows, whose targets are text) train over the whole vocabulary.
         lr_schedule: ``cosine`` or ``linear`` decay after the warm-up.
         merge_for_test: merge LoRA into the weights while testing (one matmul per projection
             instead of three), unmerged afterwards.
+        checkpoint_tokens: training batches with more padded tokens than this recompute their
+            activations in the backward pass (same gradients, a third more compute on those batches,
+            the peak memory of a shorter batch; ``modeling.checkpointing``). ``None``: never.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class SFTModule(L.LightningModule):
         logits_vocab: str = "full",
         lr_schedule: str = "cosine",
         merge_for_test: bool = True,
+        checkpoint_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if constraint not in CONSTRAINTS:
@@ -132,6 +138,7 @@ class SFTModule(L.LightningModule):
         # LoRA checkpoints hold the trained weights only; the frozen base is rebuilt from its path
         self.strict_loading = self.lora is None
         self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
+        self.checkpointing: LongBatchCheckpointing | None = None
 
     def setup(self, stage: str) -> None:
         avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
@@ -154,6 +161,8 @@ class SFTModule(L.LightningModule):
         if self.lora is not None:
             model = apply_lora(model, self.lora, token_ids)
         self.model = model.train()  # from_pretrained returns eval mode; Lightning switches modes per loop
+        if self.hparams.checkpoint_tokens is not None:
+            self.checkpointing = LongBatchCheckpointing(model, self.hparams.checkpoint_tokens)
         item_ids = index_token_ids(index, self.tokenizer)
         build = build_prefix_tables if self.hparams.constraint == "trie" else build_per_position_tables
         self.tables = build(item_ids, self.tokenizer.eos_token_id)
@@ -169,8 +178,10 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lm = self._causal_lm()
+        if self.checkpointing is not None:
+            self.checkpointing.for_batch(batch["input_ids"])
         hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        vocab = None if self.vocab is None else self.vocab.to(self.device)
+        vocab = None if self.vocab is None or batch.get("full_vocab") else self.vocab.to(self.device)
         head = lm.get_output_embeddings()
         loss = assistant_token_loss(hidden, batch["labels"], head, batch.get("label_index"), vocab)
         if self._check_finite() and not torch.isfinite(loss):
