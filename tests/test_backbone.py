@@ -117,3 +117,55 @@ def test_real_smollm2_gguf_loads_with_chat_template():
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**enc, max_new_tokens=16, do_sample=False)
     assert "4" in tok.decode(out[0, enc["input_ids"].shape[1] :])
+
+
+def _perturbed_adapter(model, token_ids: list[int], seed: int):
+    """LoRA with non-zero updates and changed ID-token rows, as after training."""
+    peft_model = apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), token_ids)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return peft_model.eval()
+
+
+def test_chained_adapter_handoffs_load_back_merged(tmp_path):
+    """align -> next stage as adapters only: each folder loads back to the model that was saved."""
+    from gream_lit.modeling.backbone import load_causal_lm
+
+    base_dir = save_tiny_backbone(tmp_path / "base", hidden_size=32)
+    model, tokenizer = load_backbone(base_dir)
+    index = small_index()
+    add_index_tokens(tokenizer, index)
+    token_ids = extend_model_vocab(model, tokenizer, index)
+    first = _perturbed_adapter(model, token_ids, seed=1)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(index.all_tokens())[:6]])
+    with torch.no_grad():
+        expected_first = first(input_ids=ids).logits
+    first.save_pretrained(tmp_path / "align", save_embedding_layers=False)
+    tokenizer.save_pretrained(tmp_path / "align")
+
+    merged = load_causal_lm(str(tmp_path / "align")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected_first, rtol=1e-4, atol=1e-5)
+    assert merged.name_or_path == str(tmp_path / "align")
+    assert all(p.requires_grad for p in merged.parameters())  # trainable like any from_pretrained model
+
+    second = _perturbed_adapter(merged, token_ids, seed=2)
+    with torch.no_grad():
+        expected_second = second(input_ids=ids).logits
+    assert not torch.allclose(expected_second, expected_first)
+    second.save_pretrained(tmp_path / "curriculum", save_embedding_layers=False)
+    tokenizer.save_pretrained(tmp_path / "curriculum")
+    chained = load_causal_lm(str(tmp_path / "curriculum")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(chained(input_ids=ids).logits, expected_second, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_without_a_base_is_a_clear_error(tmp_path):
+    from gream_lit.modeling.backbone import load_causal_lm
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="base_model_name_or_path"):
+        load_causal_lm(str(tmp_path))

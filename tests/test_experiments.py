@@ -151,4 +151,4 @@ def test_cpu_ablation_without_curriculum_hands_the_alignment_model_to_srpo(tmp_p
     run = RunDir(tmp_path / "no_curriculum")
     finish_all(ablation, run)
     rl = stage_config(ablation, run, "rl")
-    assert rl["model"]["init_args"]["backbone"] == str(run.stage_dir("align") / "hf" / "model")
+    assert rl["model"]["init_args"]["backbone"] == str(run.stage_dir("align") / "hf" / "adapter")

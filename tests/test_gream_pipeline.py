@@ -62,7 +62,7 @@ def experiment(paths: dict[str, str]) -> dict:
                                        "backbone": paths["backbone"], "batch_size": 8, "eval_batch_size": 4,
                                        "val_users": 4, "max_eval_users": 4}},
                 "trainer": {**trainer, "limit_train_batches": 2},
-                "artifacts": {"model": "hf/model"},
+                "artifacts": {"model": "hf/adapter"},
             },
             "rl": {
                 "model": {"class_path": "gream_lit.rl.srpo_module.SRPOModule",
@@ -101,7 +101,8 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     rl_cfg = yaml.safe_load((run / "rl" / "config.yaml").read_text())
     assert align_cfg["data"]["init_args"]["index_path"] == str(run / "index" / "Toy.index.json")
     assert rl_cfg["data"]["init_args"]["index_path"] == str(run / "index" / "Toy.index.json")
-    assert rl_cfg["model"]["init_args"]["backbone"] == str(run / "align" / "hf" / "model")
+    assert rl_cfg["model"]["init_args"]["backbone"] == str(run / "align" / "hf" / "adapter")
+    assert not (run / "align" / "hf" / "model").exists()  # the adapter is the hand-off, no merged copy
     for stage in ("index", "align", "rl"):
         assert (run / stage / "DONE").is_file()
     align_metrics = json.loads((run / "align" / "metrics.json").read_text())

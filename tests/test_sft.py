@@ -83,15 +83,18 @@ def fit_tiny(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
 
 def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
     from peft import AutoPeftModelForCausalLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from gream_lit.modeling.backbone import load_causal_lm
 
     paths, _, run = fit_tiny(tmp_path)
     out = capsys.readouterr().out
     assert "sft/test/recall@10" in out and "sft/test/item2index/recall@1" in out
 
-    tok = AutoTokenizer.from_pretrained(run / "hf" / "model")
+    assert not (run / "hf" / "model").exists()  # the adapter is the hand-off; no merged copy by default
+    tok = AutoTokenizer.from_pretrained(run / "hf" / "adapter")
     assert "<|a_1|>" in tok.get_vocab() and "<|b_3|>" in tok.get_vocab()
-    merged = AutoModelForCausalLM.from_pretrained(run / "hf" / "model")
+    merged = load_causal_lm(str(run / "hf" / "adapter"))
     adapter = AutoPeftModelForCausalLM.from_pretrained(str(run / "hf" / "adapter"))
     ids = tok("Widget 3 <|a_4|><|b_1|>", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -102,6 +105,11 @@ def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
     (rows,) = [v for k, v in state.items() if "embed_tokens" in k and "trainable_tokens_delta" in k]
     id_rows = tok.convert_tokens_to_ids(SemanticIndex.from_json(paths["index_path"]).all_tokens())
     assert torch.allclose(merged.get_input_embeddings().weight[id_rows], rows)
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "hf" / "adapter" / "adapter_model.safetensors")
+    embedding_rows = [v.shape[0] for k, v in saved.items() if "embed_tokens" in k]
+    assert embedding_rows == [len(id_rows)]  # the ID rows only, not a copy of the whole embedding
 
 
 def test_evaluating_with_a_tokenizer_lacking_id_tokens_fails(tmp_path):

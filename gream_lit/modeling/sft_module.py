@@ -7,7 +7,6 @@ over the index's IDs, then Recall/NDCG/MRR@K over the full catalogue.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -15,16 +14,17 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from gream_lit.data.sft_data import label_index as flat_label_index
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
-from gream_lit.modeling.backbone import resolve
+from gream_lit.modeling.backbone import load_causal_lm, resolve
 from gream_lit.modeling.checkpointing import LongBatchCheckpointing
 from gream_lit.modeling.lora import TOKEN_ROWS, LoraOptions, apply_lora
+from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
 from gream_lit.modeling.vocab import extend_model_vocab
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class SFTModule(L.LightningModule):
         constraint: ``trie`` (only catalogue IDs) or ``per_position`` (the official rule, spec §8.1).
         ks: cut-offs of the ranking metrics.
         stage: first part of the log keys (``sft/val/ndcg@10``).
-        export_merged: at the end of fit also write the LoRA-merged model (plain transformers).
+        export_merged: at the end of fit also write ``hf/model``, the LoRA-merged model (a full copy
+            of the base, 540 MB for SmolLM2). Off by default: the next stage and
+            ``gream_lit.modeling.backbone.load_causal_lm`` load the ``hf/adapter`` hand-off directly.
         export_dir: where the hand-off folders go (``adapter/``, ``model/``); ``None`` = ``<log_dir>/hf``.
             Pipelines point it at the stage directory so the next stage can find ``model/``.
         avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see ``attention``):
@@ -113,7 +115,7 @@ class SFTModule(L.LightningModule):
         constraint: str = "trie",
         ks: tuple[int, ...] = (1, 5, 10),
         stage: str = "sft",
-        export_merged: bool = True,
+        export_merged: bool = False,
         export_dir: str | None = None,
         avoid_cudnn_attention: bool = True,
         logits_vocab: str = "full",
@@ -154,7 +156,7 @@ class SFTModule(L.LightningModule):
         self.tokenizer, index = dm.tokenizer, dm.index
         name = self.hparams.model_path or dm.backbone
         self.base_fingerprint = weights_fingerprint(resolve(name))
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
+        model = load_causal_lm(name)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         texts = dm.item_texts() if self.hparams.embedding_init == "text_mean" else None
         token_ids = extend_model_vocab(model, self.tokenizer, index, self.hparams.embedding_init, texts)
@@ -290,20 +292,12 @@ class SFTModule(L.LightningModule):
         """Under LoRA keep only what is trained (adapter, ID-token rows): tens of MB instead of a copy
         of the frozen base, which the checkpoint names by path and fingerprint instead."""
         if self.lora is not None:
-            trained = {name for name, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
-            checkpoint["frozen_base"] = {"fingerprint": self.base_fingerprint}
+            keep_trained(checkpoint, self, self.base_fingerprint)
         if self.trainer.is_global_zero:
             self.save_handoff(merged=False)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        base = checkpoint.get("frozen_base")
-        if base and self.base_fingerprint and base["fingerprint"] != self.base_fingerprint:
-            raise ValueError(
-                f"checkpoint was trained on a base model with fingerprint {base['fingerprint']}, but "
-                f"{self.hparams.model_path or 'the datamodule backbone'} has {self.base_fingerprint}; "
-                "point model_path/backbone at the weights the stage started from"
-            )
+        check_base(checkpoint, self.base_fingerprint, self.hparams.model_path or "the datamodule backbone")
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
@@ -323,26 +317,10 @@ def check_monitors(callbacks: list, stage: str) -> None:
             )
 
 
-def weights_fingerprint(folder: str) -> str | None:
-    """sha256 over a local model folder's weight files (``None`` for a hub name): what a slim LoRA
-    checkpoint records to refuse resuming on other base weights."""
-    files = sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin"))
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> None:
-    """Load an adapter with plain transformers + peft (base resized to the saved tokenizer), merge it
-    and save a standalone model + tokenizer; doubles as a check that the adapter folder loads."""
-    from peft import AutoPeftModelForCausalLM
+    """Save the adapter merged into its base (chained hand-offs included) as a standalone model +
+    tokenizer that plain transformers loads."""
     from transformers import AutoTokenizer
 
-    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
-    model.merge_and_unload().save_pretrained(out_dir)
+    load_causal_lm(str(adapter_dir)).save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(out_dir)

@@ -28,6 +28,10 @@ class SamplingConfig:
             raise ValueError(f"invalid sampling settings {self}")
 
 
+# checkpoint hyperparameters hold it: let torch.load(weights_only=True) rebuild it
+torch.serialization.add_safe_globals([SamplingConfig])
+
+
 @dataclass
 class Rollout:
     """``n`` responses per prompt, prompt-major: rows ``g*n .. g*n+n-1`` belong to prompt ``g``.

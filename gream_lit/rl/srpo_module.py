@@ -28,7 +28,9 @@ from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
+from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions
+from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
 from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
 from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
@@ -170,6 +172,9 @@ class SRPOModule(L.LightningModule):
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
         self._gen_batch = 0
+        # LoRA checkpoints hold the adapter (and trained ID rows) only; the base comes from `backbone`
+        self.strict_loading = self.lora is None
+        self.base_fingerprint: str | None = None
         self.val_metrics = ranking_metrics(tuple(ks), prefix="rl/val/")
         self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
 
@@ -190,6 +195,8 @@ class SRPOModule(L.LightningModule):
         """Policy, tokenizer, rollout engine and reference model for ``index``'s IDs."""
         hp = self.hparams
         self.policy, self.tokenizer = load_policy(hp.backbone, index, hp.dtype, hp.tiny, self.lora)
+        if hp.backbone != "tiny":
+            self.base_fingerprint = weights_fingerprint(resolve(hp.backbone))
         vocab = None
         if hp.logits_vocab == "ids":
             ids = index_token_ids(index, self.tokenizer)
@@ -432,6 +439,13 @@ class SRPOModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
             self.policy.unmerge_adapter()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            keep_trained(checkpoint, self, self.base_fingerprint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_base(checkpoint, self.base_fingerprint, self.hparams.backbone)
 
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
