@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from gream_lit.allocator import fix_mmap_threshold
 from gream_lit.per_user import PerUserResults
+from gream_lit.resource_usage import ResourceUsage
 from gream_lit.reporting import print_metric_table
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -47,7 +48,8 @@ class GreamCLI(LightningCLI):
     which silently discards ``--model.…`` flags (e.g. a new decoding option for ``test``); here the
     checkpoint fills the model's arguments and the command line's model flags still win.
     Every test writes per-user results (``per_user.PerUserResults``) into ``per_user_dir``
-    (``None``: the logger's folder).
+    (``None``: the logger's folder), and every run its wall time and peak memory per phase
+    (``resource_usage.ResourceUsage``) into the same folder.
     """
 
     def __init__(self, *args, per_user_dir: str | None = None, **kwargs) -> None:
@@ -58,6 +60,7 @@ class GreamCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(PerUserResults(self.per_user_dir))
+        trainer.callbacks.append(ResourceUsage(self.per_user_dir))
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -90,6 +90,8 @@ def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
     paths, _, run = fit_tiny(tmp_path)
     out = capsys.readouterr().out
     assert "sft/test/recall@10" in out and "sft/test/item2index/recall@1" in out
+    resources = json.loads((run / "resources.json").read_text())
+    assert set(resources["phases"]) == {"load", "train", "validate", "test"} and resources["peak_rss_gb"] > 0
 
     assert not (run / "hf" / "model").exists()  # the adapter is the hand-off; no merged copy by default
     tok = AutoTokenizer.from_pretrained(run / "hf" / "adapter")
