@@ -45,6 +45,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.cli import GreamCLI
+from gream_lit.inference.bundle import add_metrics
 from gream_lit.reporting import print_metric_table
 
 log = logging.getLogger(__name__)
@@ -421,6 +422,8 @@ def _write_records(
         "best_score": _finite({"s": ckpt_cb.best_model_score}).get("s") if ckpt_cb else None,
         "artifacts": artifacts,
     }
+    for path in artifacts.values():
+        add_metrics(path, metrics)  # the hand-off's model card carries the metrics it was tested with
     (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (stage_dir / "DONE").write_text(json.dumps(record, indent=2))
 

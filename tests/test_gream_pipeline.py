@@ -111,6 +111,15 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     assert "index/test/collision_rate_after" in json.loads((run / "index" / "metrics.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(run / "rl" / "hf" / "model")
     assert set(index.all_tokens()) <= set(tokenizer.get_vocab())
+    # every hand-off is a bundle whose card carries the stage's test metrics
+    from gream_lit import load_recommender
+
+    for stage, folder in (("align", "adapter"), ("rl", "model")):
+        bundle = json.loads((run / stage / "hf" / folder / "gream_bundle.json").read_text())
+        assert bundle["metrics"][f"{stage}/test/ndcg@10"] == pytest.approx(json.loads((run / stage / "metrics.json").read_text())[f"{stage}/test/ndcg@10"])
+    items = bundle["item_ids"]
+    ranked = load_recommender(run / "rl" / "hf" / "model").recommend(items[:3], k=3)
+    assert len(ranked) == 3 and set(ranked) <= set(items)
 
     # a rerun finds every stage finished and trains nothing
     done = {stage: (run / stage / "DONE").read_text() for stage in ("index", "align", "rl")}

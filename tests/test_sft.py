@@ -205,3 +205,37 @@ def test_a_monitor_of_another_stage_fails_before_training(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"logs under 'sft/'"):
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")])
+
+
+def test_the_handoff_is_a_recommender_that_reproduces_the_stage_test(tmp_path):
+    """load_recommender(hf/adapter) ranks each test user's history exactly as the stage's own test did."""
+    from gream_lit import load_recommender
+
+    paths, _, run = fit_tiny(tmp_path)
+    rec = load_recommender(run / "hf" / "adapter")
+    dm = AlignmentDataModule(**paths)
+    dm.setup("test")
+    catalog = dm.catalog
+    tested = {r["user"]: r["items"] for r in map(json.loads, (run / "test_per_user.jsonl").read_text().splitlines())}
+    samples = [s for s in dm.split.test if catalog.user_ids[s.user] in tested]
+    assert len(samples) == len(tested) == 6
+    histories = [[catalog.item_ids[i] for i in s.history] for s in samples]
+    for sample, ranked in zip(samples, rec.recommend_many(histories, k=4)):
+        assert ranked == tested[catalog.user_ids[sample.user]]
+    assert len(rec.recommend(histories[0], k=2)) == 2
+    with pytest.raises(KeyError, match="not in this recommender's catalogue"):
+        rec.recommend(["no-such-item"], k=2)
+    card = (run / "hf" / "adapter" / "README.md").read_text()
+    assert "load_recommender" in card and "`chat`" in card
+
+
+def test_direct_prompt_spec_writes_the_evaluation_prompts(tmp_path):
+    paths = write_toy_dataset(tmp_path)
+    for fmt in ("chat", "compact"):
+        dm = AlignmentDataModule(**paths, prompt_format=fmt, max_eval_users=0)
+        dm.setup("test")
+        spec = dm.direct_prompt()
+        by_user = {r["user"]: r["input_ids"] for r in dm.eval_data["test"]}
+        assert spec.format == fmt and len(by_user) == len(dm.split.test)
+        for s in dm.split.test:
+            assert spec.encode(dm.tokenizer, dm.index, s.history) == by_user[s.user]

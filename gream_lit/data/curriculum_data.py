@@ -10,12 +10,14 @@ in the official code. Training reads the stream in order (GREAM's ``disable_shuf
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from gream_lit.data.cot import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, CotSample, build_cot_dataset, load_cot_samples
 from gream_lit.data.curriculum import SCHEDULES, MixStats, mix
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.sft_data import AlignmentDataModule, encode_sample
 from gream_lit.data.split import Sample
@@ -152,6 +154,12 @@ class CurriculumDataModule(AlignmentDataModule):
     def compact_eval(self) -> bool:
         """Reasoning prompts are chat turns; only direct-mode prompts take the compact format."""
         return super().compact_eval() and self.eval_mode == "direct"
+
+    def direct_prompt(self) -> DirectPrompt:
+        """Direct-mode layout whatever ``eval_mode``: a reasoning-mode evaluation changes the system
+        turn of the evaluation prompts, not how the model is prompted for an ID directly."""
+        spec = super().direct_prompt()
+        return replace(spec, system=SYSTEM_PROMPT) if spec.format == "chat" and self.eval_mode == "reasoning" else spec
 
     def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
         if self.eval_mode == "direct":

@@ -23,6 +23,7 @@ from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
 from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.split import Sample
 from gream_lit.data.tasks.builders import HISTORY_SEP, SYSTEM_PROMPT
 from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE, SEQREC
@@ -122,6 +123,16 @@ class RLDataModule(CatalogDataModule):
 
     def sid(self, item: int) -> str:
         return self.index.item_string(item)
+
+    def direct_prompt(self, max_prompt_tokens: int) -> DirectPrompt:
+        """The layout of this module's direct-mode prompts (``mode: direct``), for a recommender built
+        from the policy; ``max_prompt_tokens`` is the policy's prompt budget."""
+        if self.mode != "direct":
+            raise DataError(f"RLDataModule: a direct-mode prompt layout needs mode direct, not {self.mode!r}")
+        if self.prompt_format == "compact":
+            return DirectPrompt("compact", max_prompt_tokens + self.index.depth, self.max_history)
+        system = SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt or None
+        return DirectPrompt("chat", max_prompt_tokens, self.max_history, system, DIRECT_EVAL_TEMPLATE)
 
     def compact_prompt(self, history: Sequence[int]) -> str:
         """The compact prompt text: the prefix and the history's ID tokens."""

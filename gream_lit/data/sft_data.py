@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt, item_rows
 from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.split import Sample, train_sequences
 from gream_lit.data.tasks import (
@@ -37,9 +38,6 @@ from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
 
 log = logging.getLogger(__name__)
 IGNORE = -100
-PROMPT_FORMATS = ("chat", "compact")
-
-
 def answer_text(tokenizer, response: str) -> str:
     """What the chat template writes after the generation prompt for ``response``, up to and
     including the end-of-turn token (the text the loss is on, spec §5.4)."""
@@ -53,22 +51,6 @@ def answer_text(tokenizer, response: str) -> str:
     if end < 0:
         raise ValueError(f"{tokenizer.name_or_path}: chat template does not end the answer with {tokenizer.eos_token!r}")
     return suffix[: end + len(tokenizer.eos_token)]
-
-
-def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def fit_prompt(tokenizer, sample: TaskSample, system: str | None, budget: int) -> list[int] | None:
-    """Prompt ids within ``budget`` tokens, dropping the oldest history items (at least one is kept
-    when the sample has a history); ``None`` when even that does not fit."""
-    keep_min = 1 if sample.history else 0
-    for drop in range(len(sample.history) - keep_min + 1):
-        ids = prompt_ids(tokenizer, sample.messages(system, drop)[:-1])
-        if len(ids) <= budget:
-            return ids
-    return None
 
 
 def encode_sample(tokenizer, sample: TaskSample, system: str | None, max_length: int) -> dict | None:
@@ -220,12 +202,7 @@ class AlignmentDataModule(CatalogDataModule):
     def item_rows(self) -> list[list[int]]:
         """Each item's ID token ids, padded to the index depth with EOS (the compact layout)."""
         if self._item_rows is None:
-            eos, depth = self.tokenizer.eos_token_id, self.index.depth
-            rows = []
-            for item in range(self.index.n_items):
-                ids = self.tokenizer.convert_tokens_to_ids(self.index.item_tokens(item))
-                rows.append(ids + [eos] * (depth - len(ids)))
-            self._item_rows = rows
+            self._item_rows = item_rows(self.tokenizer, self.index)
         return self._item_rows
 
     def _compact_prefix(self) -> list[int]:
@@ -318,6 +295,13 @@ class AlignmentDataModule(CatalogDataModule):
     def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
         """Direct-mode prompt: the fixed seq-rec template over the user's history."""
         return TaskSample("seqrec", DIRECT_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
+
+    def direct_prompt(self) -> DirectPrompt:
+        """The layout of this module's direct-mode evaluation prompts, which a recommender built from
+        the stage must write too (``gream_lit.inference.bundle``)."""
+        if self.prompt_format == "compact":
+            return DirectPrompt("compact", self.max_length, self.max_history)
+        return DirectPrompt("chat", self.max_length, self.max_history, self.eval_system_prompt)
 
     def compact_eval(self) -> bool:
         """Whether evaluation prompts use the compact format (direct mode under ``compact``)."""

@@ -25,6 +25,10 @@ Public API (what modules and scripts code against):
 
 ``recommend(model, tokenizer, index, histories, k=10, ...) -> BeamResult``
     Top-k items for raw histories (catalogue indices) via the direct-mode chat prompt.
+
+``load_recommender(folder) -> Recommender`` (``bundle``): a stage's hand-off folder (model or adapter,
+    ``index.json``, ``gream_bundle.json``) as an object whose ``recommend(raw_item_ids, k)`` returns raw
+    item ids, with the stage's own prompt layout and exact search; ``write_bundle`` writes the folder.
 """
 
 from gream_lit.inference.constrained_beam import BeamResult, constrained_beam_search

@@ -17,6 +17,7 @@ from peft import PeftModel
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from gream_lit.data.sft_data import label_index as flat_label_index
+from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
 from gream_lit.metrics import ranking_metrics
@@ -272,20 +273,30 @@ class SFTModule(L.LightningModule):
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf"
 
     def save_handoff(self, merged: bool) -> Path:
-        """Write ``hf/adapter`` (LoRA) or ``hf/model`` (full FT) with the tokenizer; with ``merged``
-        also ``hf/model`` for LoRA (adapter merged into a copy of the base weights)."""
+        """Write ``hf/adapter`` (LoRA) or ``hf/model`` (full FT) with the tokenizer and the recommender
+        bundle (index, prompt layout, item ids: ``inference.bundle``); with ``merged`` also ``hf/model``
+        for LoRA (adapter merged into a copy of the base weights)."""
         out = self.export_path()
+        folders = []
         if isinstance(self.model, PeftModel):
             # trainable ID-token rows are stored as values, which a freshly resized base takes over;
             # untrained new rows would be random in that base, so then the whole embedding is saved
             full_embedding = not (self.lora is not None and self.lora.train_new_tokens)
             self.model.save_pretrained(out / "adapter", save_embedding_layers=full_embedding)
             self.tokenizer.save_pretrained(out / "adapter")
+            folders.append(out / "adapter")
             if merged:
                 merge_adapter(out / "adapter", out / "model")
+                folders.append(out / "model")
         else:
             self.model.save_pretrained(out / "model")
             self.tokenizer.save_pretrained(out / "model")
+            folders.append(out / "model")
+        dm = self.trainer.datamodule
+        if hasattr(dm, "direct_prompt"):
+            for folder in folders:
+                write_bundle(folder, dm.index, dm.catalog.item_ids, dm.direct_prompt(), self.hparams.logits_vocab,
+                             self.hparams.num_beams, self.hparams.stage)
         return out
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator, index_token_ids
+from gream_lit.inference.bundle import write_bundle
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
@@ -451,4 +452,8 @@ class SRPOModule(L.LightningModule):
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.policy.save_pretrained(self.hparams.export_dir)
             self.tokenizer.save_pretrained(self.hparams.export_dir)
+            if self.hparams.mode == "direct":
+                dm, hp = self.trainer.datamodule, self.hparams
+                write_bundle(hp.export_dir, dm.index, dm.catalog.item_ids, dm.direct_prompt(hp.max_prompt_tokens),
+                             hp.logits_vocab, hp.num_beams, "rl")
             log.info("policy saved to %s", self.hparams.export_dir)

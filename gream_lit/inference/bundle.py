@@ -1,0 +1,169 @@
+"""A stage's hand-off folder as a recommender you can call: ``load_recommender(path).recommend(history)``.
+
+Generating from an exported model without the trie constraint writes token soup, not an item, and the
+constraint needs the semantic index, the prompt layout the model was trained on and the catalogue's raw
+item ids. A stage therefore writes, beside its adapter (or model) and tokenizer:
+
+- ``index.json``: the semantic-ID index of the catalogue;
+- ``gream_bundle.json``: the raw item ids in index order, the direct-mode prompt layout
+  (``data.direct_prompt.DirectPrompt``), the softmax vocabulary (``full`` or ``ids``), the beam count,
+  and, once the pipeline has tested the stage, its test metrics;
+- ``README.md``: a model card with the same facts.
+
+``Recommender`` runs the same exact trie-constrained beam search as the stage's test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from gream_lit.data.direct_prompt import DirectPrompt, item_rows
+from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
+from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
+
+BUNDLE_FILE = "gream_bundle.json"
+INDEX_FILE = "index.json"
+LOGITS_VOCABS = ("full", "ids")
+
+
+def write_bundle(
+    folder: str | Path,
+    index: SemanticIndex,
+    item_ids: Sequence[str],
+    prompt: DirectPrompt,
+    logits_vocab: str = "full",
+    num_beams: int = 10,
+    stage: str = "",
+) -> Path:
+    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter."""
+    if len(item_ids) != index.n_items:
+        raise ValueError(f"{len(item_ids)} item ids for an index of {index.n_items} items")
+    if logits_vocab not in LOGITS_VOCABS:
+        raise ValueError(f"logits_vocab {logits_vocab!r}; expected one of {LOGITS_VOCABS}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    index.to_json(folder / INDEX_FILE)
+    spec = {
+        "format_version": 1,
+        "stage": stage,
+        "prompt": prompt.to_dict(),
+        "logits_vocab": logits_vocab,
+        "num_beams": num_beams,
+        "item_ids": [str(i) for i in item_ids],
+        "metrics": {},
+    }
+    (folder / BUNDLE_FILE).write_text(json.dumps(spec, indent=1))
+    _write_card(folder, spec)
+    return folder
+
+
+def add_metrics(folder: str | Path, metrics: dict[str, float]) -> bool:
+    """Record the test metrics of the stage in its bundle and model card; ``False`` if no bundle."""
+    path = Path(folder) / BUNDLE_FILE
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text())
+    spec["metrics"] = {k: float(v) for k, v in sorted(metrics.items()) if "/test/" in k}
+    path.write_text(json.dumps(spec, indent=1))
+    _write_card(Path(folder), spec)
+    return True
+
+
+def _write_card(folder: Path, spec: dict) -> None:
+    prompt = spec["prompt"]
+    lines = [
+        "---",  # Hugging Face card metadata, which peft's save_pretrained reads and updates
+        "library_name: peft",
+        "tags: [gream_lit, recommendation, semantic-ids]",
+        "---",
+        "",
+        f"# gream_lit recommender{': stage ' + spec['stage'] if spec['stage'] else ''}",
+        "",
+        "A generative recommender: it writes the semantic ID of the next item, decoded with an exact",
+        "trie-constrained beam search so that every answer is a catalogue item. Load and call it with:",
+        "",
+        "```python",
+        "from gream_lit import load_recommender",
+        f"rec = load_recommender({str(folder)!r})",
+        "rec.recommend([...raw item ids, oldest first...], k=10)",
+        "```",
+        "",
+        f"- catalogue: {len(spec['item_ids'])} items (`index.json`: their semantic IDs)",
+        f"- prompt: `{prompt['format']}`, the last {prompt['max_history']} items, at most {prompt['max_length']} tokens",
+        f"- softmax over: `{spec['logits_vocab']}` vocabulary; beams: {spec['num_beams']}",
+    ]
+    if spec["metrics"]:
+        lines += ["", "## Test metrics (leave-one-out, full catalogue)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in spec["metrics"].items()]
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+class Recommender:
+    """A model + tokenizer + index + prompt layout: ranked raw item ids for raw-id histories."""
+
+    def __init__(self, model, tokenizer, index: SemanticIndex, item_ids: Sequence[str], prompt: DirectPrompt,
+                 logits_vocab: str = "full", num_beams: int = 10) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.index = index
+        self.item_ids = [str(i) for i in item_ids]
+        self.position = {raw: i for i, raw in enumerate(self.item_ids)}
+        self.prompt = prompt
+        self.num_beams = num_beams
+        device = next(model.parameters()).device
+        token_ids = index_token_ids(index, tokenizer)
+        self.tables = build_prefix_tables(token_ids, tokenizer.eos_token_id).to(device)
+        self.vocab = None
+        if logits_vocab == "ids":
+            self.vocab = torch.tensor(sorted({*token_ids[token_ids >= 0].tolist(), tokenizer.eos_token_id}), device=device)
+        self._rows = item_rows(tokenizer, index)
+
+    def _positions(self, history: Sequence[str | int]) -> list[int]:
+        unknown = [h for h in history if str(h) not in self.position]
+        if unknown:
+            raise KeyError(f"items not in this recommender's catalogue: {unknown[:5]}")
+        return [self.position[str(h)] for h in history]
+
+    @torch.no_grad()
+    def recommend_many(self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16) -> list[list[str]]:
+        """Top-``k`` raw item ids for each history (raw item ids, oldest first), best first."""
+        if not 1 <= k <= self.num_beams:
+            raise ValueError(f"k={k} must lie in 1..{self.num_beams} (the beams of this recommender)")
+        device = next(self.model.parameters()).device
+        prompts = [self.prompt.encode(self.tokenizer, self.index, self._positions(h), self._rows) for h in histories]
+        out: list[list[str]] = []
+        for start in range(0, len(prompts), batch_size):
+            rows = prompts[start : start + batch_size]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            result = constrained_beam_search(self.model, ids, mask, self.tables, self.num_beams, self.vocab)
+            out += [[self.item_ids[i] for i in row[:k] if i >= 0] for row in result.items.tolist()]
+        return out
+
+    def recommend(self, history: Sequence[str | int], k: int = 10) -> list[str]:
+        """Top-``k`` raw item ids for one history of raw item ids (oldest first)."""
+        return self.recommend_many([history], k)[0]
+
+
+def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
+    """The recommender of a stage's hand-off folder (``hf/adapter`` or ``hf/model``)."""
+    folder = Path(path)
+    spec_path = folder / BUNDLE_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} not found: {folder} is not a gream_lit stage hand-off folder")
+    spec = json.loads(spec_path.read_text())
+    if spec.get("format_version") != 1:
+        raise ValueError(f"{spec_path}: unknown format_version {spec.get('format_version')!r}")
+    model = load_causal_lm(str(folder)).to(device)
+    index = SemanticIndex.from_json(folder / INDEX_FILE, n_items=len(spec["item_ids"]))
+    return Recommender(
+        model, load_tokenizer(str(folder)), index, spec["item_ids"], DirectPrompt(**spec["prompt"]),
+        spec["logits_vocab"], spec["num_beams"],
+    )
