@@ -14,6 +14,7 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from gream_lit.allocator import fix_mmap_threshold
+from gream_lit.console import quiet_third_party
 from gream_lit.per_user import PerUserResults
 from gream_lit.resource_usage import ResourceUsage
 from gream_lit.reporting import print_metric_table
@@ -73,6 +74,14 @@ class GreamCLI(LightningCLI):
             if key in before:
                 self.config[subcommand][key] = before[key]
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        """``validate``/``test`` default to ``--verbose false``: our table (``after_test``) replaces
+        Lightning's, so each metric prints once."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "verbose" in self._subcommand_method_arguments.get(subcommand, ()):
+            parser.set_defaults(verbose=False)
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
 
@@ -80,7 +89,7 @@ class GreamCLI(LightningCLI):
         print_metric_table(self.trainer.callback_metrics, title="fit: last validation")
         if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
-            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
             print_metric_table(results[0] if results else {}, title=f"test ({ckpt or 'last'} checkpoint)")
 
     def after_validate(self) -> None:
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fix_mmap_threshold()
+    quiet_third_party()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

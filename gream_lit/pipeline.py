@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 import logging
 import math
@@ -46,11 +47,16 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.cli import GreamCLI
 from gream_lit.inference.bundle import add_metrics
-from gream_lit.reporting import print_metric_table
+from gream_lit.per_user import FILE_NAME as PER_USER_FILE
+from gream_lit.reporting import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = ("artifacts",)
+EXPERIMENT_KEYS = ("name", "seed_everything", "defaults", "stages", "sweep")  # sweep: read by `sweep`
+# a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
+STAGE_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler",
+              "test_after_fit", *PIPELINE_KEYS)
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
@@ -149,11 +155,60 @@ def load_experiment(
         if not isinstance(stage, Mapping) or "model" not in stage:
             keys = sorted(stage) if isinstance(stage, Mapping) else stage
             raise PipelineError(f"{path}: stage {name!r} needs a 'model' (got {keys!r})")
+    check_experiment(exp, path)
     if seed is not None:
         exp["seed_everything"] = seed
         for stage in exp["stages"].values():
             stage["seed_everything"] = seed
     return exp
+
+
+def _unknown_keys(keys, allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else repr(k)
+                 for k in unknown]
+        raise PipelineError(f"{where}: unknown key {', '.join(hints)}; allowed: {', '.join(allowed)}")
+
+
+def _references(node: Any) -> list[str]:
+    if isinstance(node, Mapping):
+        return [r for v in node.values() for r in _references(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _references(v)]
+    return _REF.findall(node) if isinstance(node, str) else []
+
+
+def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
+    """Fail before any stage runs on what would otherwise pass silently or fail late: misspelt keys
+    (``seed_everyting``, ``defualts``, ``--set stage.x=...``) and references to artifacts or stages
+    that no earlier stage provides."""
+    _unknown_keys(exp, EXPERIMENT_KEYS, str(path))
+    order = list(exp["stages"])
+    for name in order:
+        stage = exp["stages"][name]
+        _unknown_keys(stage, STAGE_KEYS, f"{path}: stage {name!r}")
+        earlier = order[: order.index(name)]
+        for ref in _references({k: v for k, v in stage.items() if k not in PIPELINE_KEYS}):
+            expr, has_default, _ = ref.partition("|")
+            parts = expr.strip().split(".")
+            if has_default or parts[0] not in ("prev", "stages"):
+                continue
+            if parts[0] == "stages":
+                if len(parts) < 3 or parts[1] not in earlier:
+                    raise PipelineError(f"{path}: stage {name!r}: ${{{ref}}} must name an earlier stage ({', '.join(earlier) or 'none'})")
+                sources, path_parts = [parts[1]], parts[2:]
+            else:
+                if not earlier:
+                    raise PipelineError(f"{path}: stage {name!r}: ${{{ref}}} but no stage runs before it")
+                sources, path_parts = earlier, parts[1:]
+            if path_parts[:1] == ["artifacts"]:
+                key = ".".join(path_parts[1:])
+                if not any(key in (exp["stages"][s].get("artifacts") or {}) for s in sources):
+                    raise PipelineError(
+                        f"{path}: stage {name!r}: ${{{ref}}}: no earlier stage declares artifact {key!r} "
+                        f"(add it under that stage's 'artifacts:' or give a default: ${{{expr.strip()}|value}})"
+                    )
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -522,16 +577,29 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
     if is_run_dir:
         if command not in ("validate", "test"):
             raise PipelineError(f"'{command}' on a run directory is not supported; use validate or test")
-        results = evaluate_run(command, RunDir(args.target), args.stage)
+        run = RunDir(args.target)
+        results = evaluate_run(command, run, args.stage)
     else:
         exp = load_experiment(args.config, _parse_set(args.set), args.seed)
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed)
+        run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
         if command == "fit":
-            results = run_experiment(exp, run_dir, args.stage)
+            results = run_experiment(exp, run.root, args.stage)
         elif command in ("validate", "test"):
-            results = evaluate_run(command, RunDir(run_dir), args.stage)
+            results = evaluate_run(command, run, args.stage)
         else:
             raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
     for stage, metrics in results.items():
         rank_zero_only(print_metric_table)(metrics, title=f"{command}: stage {stage}")
+    if command != "validate" and len(results) > 1:
+        rows = [(stage, metrics, _tested_users(run.stage_dir(stage))) for stage, metrics in results.items()]
+        rank_zero_only(print)(f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True)
     return 0
+
+
+def _tested_users(stage_dir: Path) -> int | None:
+    """Users in the stage's per-user test file (``None`` without one)."""
+    path = stage_dir / PER_USER_FILE
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())

@@ -92,7 +92,14 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     config.write_text(yaml.safe_dump(experiment(paths), sort_keys=False))  # stage order matters
     run = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    summary = out[out.index("stages in pipeline order"):].splitlines()
+    assert summary[1].split() == ["stage", "test", "users", "recall@10", "ndcg@10"]
+    rows = {line.split()[0]: line.split() for line in summary[3:6]}
+    assert list(rows) == ["index", "align", "rl"]
+    align_ndcg = json.loads((run / "align" / "metrics.json").read_text())["align/test/ndcg@10"]
+    assert rows["align"][1] == "4" and rows["align"][3] == f"{align_ndcg:.4f}"
+    assert rows["index"][1:] == ["–", "–", "–"]
 
     index = SemanticIndex.from_json(run / "index" / "Toy.index.json", n_items=N_ITEMS)
     assert index.collisions() == 0

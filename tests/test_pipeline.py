@@ -247,3 +247,30 @@ def test_trainer_pieces_parse_as_trainer_arguments(piece):
     parser.add_lightning_class_args(L.Trainer, "trainer")
     cfg = parser.parse_object({"trainer": yaml.safe_load((REPO / "configs/trainer" / piece).read_text())})
     assert cfg.trainer.accelerator in ("cpu", "gpu")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda e: e.update(seed_everyting=7), r"unknown key 'seed_everyting' \(did you mean 'seed_everything'\?\)"),
+        (lambda e: e.update(defualts={}), r"did you mean 'defaults'"),
+        (lambda e: e["stages"]["first"].update(trainr={}), r"stage 'first': unknown key 'trainr' \(did you mean 'trainer'\?\)"),
+        (lambda e: e["stages"]["second"]["model"]["init_args"].update(init_path="${prev.artifacts.weight}"),
+         r"stage 'second': \$\{prev.artifacts.weight\}: no earlier stage declares artifact 'weight'"),
+        (lambda e: e["stages"]["first"]["model"]["init_args"].update(init_path="${stages.second.artifacts.w}"),
+         r"must name an earlier stage"),
+    ],
+)
+def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit, message):
+    exp = yaml.safe_load(tiny_experiment(tmp_path).read_text())
+    edit(exp)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    with pytest.raises(PipelineError, match=message):
+        load_experiment(path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_misspelt_set_override_is_an_error(tmp_path):
+    with pytest.raises(PipelineError, match=r"unknown key 'stage' \(did you mean 'stages'\?\)"):
+        load_experiment(tiny_experiment(tmp_path), {"stage.first.trainer.max_epochs": 1})

@@ -90,6 +90,7 @@ def test_cli_fit_tiny_writes_loadable_handoff(tmp_path, capsys):
     paths, _, run = fit_tiny(tmp_path)
     out = capsys.readouterr().out
     assert "sft/test/recall@10" in out and "sft/test/item2index/recall@1" in out
+    assert out.count("sft/test/recall@10 ") == 1 and "Test metric" not in out  # one table per test, ours
     resources = json.loads((run / "resources.json").read_text())
     assert set(resources["phases"]) == {"load", "train", "validate", "test"} and resources["peak_rss_gb"] > 0
 
@@ -189,7 +190,9 @@ def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path,
     assert len(saved["frozen_base"]["fingerprint"]) == 16
     assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run)]) == 0
     line = next(x for x in fit_out.splitlines() if x.startswith("sft/test/ndcg@10"))
-    assert line in capsys.readouterr().out  # same metrics from the slim checkpoint as after fit
+    test_out = capsys.readouterr().out
+    assert line in test_out  # same metrics from the slim checkpoint as after fit
+    assert test_out.count("sft/test/ndcg@10 ") == 1  # Lightning's own table is off (--verbose false)
     other = save_tiny_backbone(tmp_path / "other", hidden_size=32, seed=1)
     with pytest.raises(ValueError, match="trained on a base model with fingerprint"):
         main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--data.init_args.backbone", other,

@@ -1,0 +1,30 @@
+"""Keep the console to our tables: silence third-party notices we cannot act on.
+
+Filtered by their exact text, so a new or different warning still shows:
+- Lightning's tips to install litlogger / litmodels (an INFO line per trainer);
+- the ``LeafSpec`` deprecation torch raises from Lightning's own pytree helper;
+- LightningCLI's notice that ``args=`` and ``sys.argv`` are both set: the pipeline builds each stage's
+  ``args`` on purpose while ``sys.argv`` holds the pipeline's command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+TIPS = ("💡 Tip: For seamless cloud",)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(TIPS)
+
+
+def quiet_third_party() -> None:
+    """Install the filters (idempotent)."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
