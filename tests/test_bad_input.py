@@ -134,3 +134,11 @@ def test_truncated_movielens_rating_line_is_named(tmp_path):
     (tmp_path / "u.item").write_text("5|Five (1990)|||u|" + "|".join(["0"] * 19) + "\n")
     with pytest.raises(DataError, match=r"u\.data: line 2 has no integer timestamp"):
         load_catalog(tmp_path, "movielens")
+
+
+@pytest.mark.parametrize("field", ["batch_size", "eval_batch_size"])
+def test_zero_batch_sizes_fail_when_the_data_module_is_built(field):
+    from gream_lit.data.seqrec import SeqRecDataModule
+
+    with pytest.raises(DataError, match=f"{field} must be at least 1, got 0"):
+        SeqRecDataModule(data_dir="unused", **{field: 0})

@@ -98,8 +98,18 @@ def test_cot_from_file_and_source_errors(toy, tmp_path):
         CurriculumDataModule(**toy)
     with pytest.raises(ValueError, match="unknown curriculum schedule"):
         CurriculumDataModule(**toy, teacher={"kind": "template"}, schedule="random")
-    with pytest.raises(ValueError, match="no CoT sample fits"):
+    with pytest.raises(ValueError, match="every CoT sample is longer than max_length=256"):
         make(toy, max_length=256)
+
+
+def test_a_teacher_with_no_usable_answer_says_so_not_max_length(toy, monkeypatch):
+    from types import SimpleNamespace
+
+    import gream_lit.data.curriculum_data as curriculum_data
+
+    monkeypatch.setattr(curriculum_data, "build_cot_dataset", lambda *a, **k: ([], SimpleNamespace(dropped={"empty_steps": 8})))
+    with pytest.raises(ValueError, match=r"wrote no usable chain-of-thought sample \(filtered: \{'empty_steps': 8\}\)"):
+        make(toy)
 
 
 def test_reasoning_eval_prompts_carry_the_reasoning_system_prompt(toy):

@@ -103,6 +103,11 @@ class CurriculumDataModule(AlignmentDataModule):
             max_history=self.max_history, seed=self.seed, rewrite=self.cot_rewrite,
         )
         log.info("generated %d CoT samples with the %s teacher; dropped %s", len(samples), kind, stats.dropped)
+        if not samples:
+            raise ValueError(
+                f"the {kind} teacher wrote no usable chain-of-thought sample (filtered: {stats.dropped}); "
+                "check its answers in the cache, or set cot: false"
+            )
         return samples
 
     def _encode(self, samples: list[TaskSample], system: str | None, kind: str) -> list[dict]:
@@ -132,7 +137,10 @@ class CurriculumDataModule(AlignmentDataModule):
         if not align:
             raise ValueError(f"no alignment sample fits max_length={self.max_length}")
         if self.cot and not reason:
-            raise ValueError(f"no CoT sample fits max_length={self.max_length}; raise it or set cot: false")
+            raise ValueError(
+                f"every CoT sample is longer than max_length={self.max_length} tokens (prompt and answer); "
+                "raise max_length, lower max_history, or set cot: false"
+            )
         self.train_data, self.mix_stats = mix(
             align, reason, self.schedule, self.batch_size, self.seed, self.n_stages, self.reason_passes
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from gream_lit.data.catalog import Catalog
+from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.samplers import UnrepeatedDistributedSampler
 from gream_lit.data.split import LeaveOneOut, leave_one_out
@@ -50,6 +50,11 @@ class CatalogDataModule(L.LightningDataModule):
         eval_seed: int = 0,
     ) -> None:
         super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise DataError(f"{type(self).__name__}: {name} must be at least 1, got {value}")
+        if max_eval_users < 0 or num_workers < 0:
+            raise DataError(f"{type(self).__name__}: max_eval_users and num_workers must be >= 0 (0 = all users / no workers)")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.format = format
