@@ -22,7 +22,7 @@ FILE_NAME = "resources.json"
 class ResourceUsage(L.Callback):
     """Samples RSS in a daemon thread and keeps, per phase, the peak (GB) and the seconds spent.
 
-    Phases: ``load`` (from setup: data and model building), ``train`` (training batches), ``validate``
+    Phases: ``load`` (from the trainer's creation: data and model building), ``train`` (training batches), ``validate``
     (validation inside fit or on its own) and ``test``. A fit followed by a test in the same process
     (``GreamCLI``) adds to the same record.
 
@@ -39,8 +39,12 @@ class ResourceUsage(L.Callback):
         self._since = 0.0
         self._stack: list[str] = []
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._process = psutil.Process()
+        # the trainer is built just before fit/test, whose data-module setup precedes the callbacks'
+        # setup hook: start sampling here so that building the data counts as ``load``
+        self._enter("load")
+        self._thread = threading.Thread(target=self._run, name="resource-usage", daemon=True)
+        self._thread.start()
 
     # ---- sampling -----------------------------------------------------------------------------
     def _sample(self) -> None:
@@ -73,11 +77,8 @@ class ResourceUsage(L.Callback):
 
     # ---- Lightning hooks ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="resource-usage", daemon=True)
-            self._thread.start()
-        self._stack = []
-        self._enter("load")
+        if self._phase is None:  # a second run (the test after fit): its own loading
+            self._enter("load")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stack = ["train"]
