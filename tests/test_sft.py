@@ -242,3 +242,23 @@ def test_direct_prompt_spec_writes_the_evaluation_prompts(tmp_path):
         assert spec.format == fmt and len(by_user) == len(dm.split.test)
         for s in dm.split.test:
             assert spec.encode(dm.tokenizer, dm.index, s.history) == by_user[s.user]
+
+
+def test_a_slim_lora_checkpoint_resumes_training_with_its_optimizer_state(tmp_path):
+    """Resuming from a checkpoint without the frozen base continues the step count, the adapter and
+    the AdamW moments: the second epoch starts from the first one's trained state."""
+    _, config, run = fit_tiny(tmp_path)
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    first = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert first["global_step"] == 3 and first["optimizer_states"][0]["state"]
+    resumed = tmp_path / "resumed"
+    assert main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt),
+                 "--trainer.default_root_dir", str(resumed), "--test_after_fit", "false"]) == 0
+    (second_ckpt,) = (resumed / "checkpoints").glob("*.ckpt")
+    second = torch.load(second_ckpt, map_location="cpu", weights_only=True)
+    assert second["global_step"] == 6 and second["epoch"] == 1
+    assert second["state_dict"].keys() == first["state_dict"].keys()
+    moved = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
+    assert moved  # trained on from the restored adapter
+    steps = [s["step"] for s in second["optimizer_states"][0]["state"].values()]
+    assert all(float(step) == 6 for step in steps)  # AdamW moments carried over, not restarted
