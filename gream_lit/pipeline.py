@@ -32,11 +32,15 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import fcntl
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -483,12 +487,60 @@ def _write_records(
     (stage_dir / "DONE").write_text(json.dumps(record, indent=2))
 
 
+def _check_saved_configs(exp: Mapping[str, Any], run: RunDir) -> None:
+    """Refuse a rerun whose stage configs differ from the ones saved, before anything is written."""
+    for stage in exp["stages"]:
+        config_path = run.stage_dir(stage) / "config.yaml"
+        if not config_path.is_file():
+            continue
+        try:
+            config = stage_config(exp, run, stage)
+        except PipelineError:  # references to stages not finished yet: checked when the stage starts
+            continue
+        if _read_yaml(config_path) != config:
+            raise PipelineError(
+                f"stage {stage!r} in {run.stage_dir(stage)} was started with a different config; "
+                f"delete {run.stage_dir(stage)} to rerun it, or use another --run_dir"
+            )
+
+
 def prepare_run(exp: dict[str, Any], run_dir: str | Path) -> RunDir:
-    """Create the run directory and save the merged experiment (what ``report`` reads)."""
+    """Create the run directory and save the merged experiment (what ``report`` reads), once the
+    saved stage configs are known to match."""
     run = RunDir(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
+    _check_saved_configs(exp, run)
     (run.root / "experiment.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     return run
+
+
+@contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<run>/.lock`` while this process runs stages in it.
+
+    A second ``fit`` on the same run directory fails at once instead of training every stage twice.
+    The lock is the kernel's (``flock``), so a killed process releases it and a rerun resumes. Only the
+    launching process takes it: ranks that Lightning starts for DDP (``LOCAL_RANK``/``RANK`` set) share it.
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise PipelineError(f"{root} is in use by {holder}; wait for it to finish or use another --run_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_experiment(
@@ -500,11 +552,12 @@ def run_experiment(
     """Run every stage (or just ``only``) in order; returns each stage's metrics."""
     if only is not None and only not in exp["stages"]:
         raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
-    run = prepare_run(exp, run_dir)
-    results = {}
-    for stage in exp["stages"]:
-        if only is None or stage == only:
-            results[stage] = run_stage(exp, run, stage, (callbacks or {}).get(stage, ()))
+    with run_lock(Path(run_dir)):
+        run = prepare_run(exp, run_dir)
+        results = {}
+        for stage in exp["stages"]:
+            if only is None or stage == only:
+                results[stage] = run_stage(exp, run, stage, (callbacks or {}).get(stage, ()))
     return results
 
 

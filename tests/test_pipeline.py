@@ -17,7 +17,14 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.cli import main
-from gream_lit.pipeline import PipelineError, is_pipeline_file, load_experiment, resolve_includes, set_dotted
+from gream_lit.pipeline import (
+    PipelineError,
+    is_pipeline_file,
+    load_experiment,
+    resolve_includes,
+    run_lock,
+    set_dotted,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,8 +169,13 @@ def test_two_stages_hand_off_rerun_skips_and_test_on_run_dir(tmp_path, capsys):
     tested = json.loads((run / "second" / "test_metrics.json").read_text())
     assert tested["second/test/loss"] == pytest.approx(metrics["second/test/loss"])
 
+    saved = (run / "experiment.yaml").read_text()
     with pytest.raises(PipelineError, match="different config"):
         main(["fit", "--config", str(exp), "--run_dir", str(run), "--set", "stages.second.model.init_args.lr=0.2"])
+    assert (run / "experiment.yaml").read_text() == saved  # refused before anything was written
+
+    with run_lock(run), pytest.raises(PipelineError, match=r"is in use by pid \d+"):
+        main(["fit", "--config", str(exp), "--run_dir", str(run)])  # a second process on the same run
 
     (run / "first" / "DONE").unlink()  # first reruns (resuming at its end), second is now stale
     with pytest.raises(PipelineError, match="'second' finished before stage 'first' was rerun"):
