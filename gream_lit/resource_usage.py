@@ -98,7 +98,7 @@ class ResourceUsage(L.Callback):
         self._stack = []
         self._switch(None)
         if trainer.is_global_zero:
-            name = FILE_NAME if "train" in self.phases else f"{stage}_{FILE_NAME}"
+            name = FILE_NAME if "train" in self.phases else f"{getattr(stage, 'value', stage)}_{FILE_NAME}"
             self.write(Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / name)
 
     def write(self, path: Path) -> Path:

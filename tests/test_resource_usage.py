@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from gream_lit.resource_usage import ResourceUsage, read_resources
 
@@ -38,8 +39,8 @@ def test_a_test_only_run_does_not_overwrite_the_fit_record(tmp_path):
     (tmp_path / "resources.json").write_text(json.dumps({"peak_rss_gb": 1.0, "phases": {"train": {}}}))
     cb = ResourceUsage(tmp_path, interval=60.0)
     trainer = SimpleNamespace(is_global_zero=True, log_dir=None, default_root_dir=str(tmp_path))
-    cb.setup(trainer, None, "test")
+    cb.setup(trainer, None, TrainerFn.TESTING)  # what Lightning passes
     cb.on_test_start(trainer, None)
-    cb.teardown(trainer, None, "test")
+    cb.teardown(trainer, None, TrainerFn.TESTING)
     assert read_resources(tmp_path)["peak_rss_gb"] == 1.0
     assert set(read_resources(tmp_path, "test_resources.json")["phases"]) == {"load", "test"}

@@ -77,9 +77,10 @@ def add_metrics(folder: str | Path, metrics: dict[str, float]) -> bool:
 
 def _write_card(folder: Path, spec: dict) -> None:
     prompt = spec["prompt"]
+    library = "peft" if (folder / "adapter_config.json").is_file() else "transformers"
     lines = [
         "---",  # Hugging Face card metadata, which peft's save_pretrained reads and updates
-        "library_name: peft",
+        f"library_name: {library}",
         "tags: [gream_lit, recommendation, semantic-ids]",
         "---",
         "",
