@@ -452,8 +452,8 @@ class SRPOModule(L.LightningModule):
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.policy.save_pretrained(self.hparams.export_dir)
             self.tokenizer.save_pretrained(self.hparams.export_dir)
-            if self.hparams.mode == "direct":
-                dm, hp = self.trainer.datamodule, self.hparams
+            dm, hp = self.trainer.datamodule, self.hparams
+            if hp.mode == "direct" and hasattr(dm, "direct_prompt"):
                 write_bundle(hp.export_dir, dm.index, dm.catalog.item_ids, dm.direct_prompt(hp.max_prompt_tokens),
                              hp.logits_vocab, hp.num_beams, "rl")
             log.info("policy saved to %s", self.hparams.export_dir)
