@@ -38,6 +38,8 @@ from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+
+
 def answer_text(tokenizer, response: str) -> str:
     """What the chat template writes after the generation prompt for ``response``, up to and
     including the end-of-turn token (the text the loss is on, spec §5.4)."""
