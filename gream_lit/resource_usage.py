@@ -39,12 +39,11 @@ class ResourceUsage(L.Callback):
         self._since = 0.0
         self._stack: list[str] = []
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._process = psutil.Process()
         # the trainer is built just before fit/test, whose data-module setup precedes the callbacks'
         # setup hook: start sampling here so that building the data counts as ``load``
-        self._enter("load")
-        self._thread = threading.Thread(target=self._run, name="resource-usage", daemon=True)
-        self._thread.start()
+        self._start()
 
     # ---- sampling -----------------------------------------------------------------------------
     def _sample(self) -> None:
@@ -57,6 +56,13 @@ class ResourceUsage(L.Callback):
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+
+    def _start(self) -> None:
+        """Enter ``load`` and sample until ``teardown`` (again for a test that follows a fit)."""
+        self._enter("load")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="resource-usage", daemon=True)
+        self._thread.start()
 
     def _enter(self, phase: str) -> None:
         self._switch(phase)
@@ -77,8 +83,8 @@ class ResourceUsage(L.Callback):
 
     # ---- Lightning hooks ----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._phase is None:  # a second run (the test after fit): its own loading
-            self._enter("load")
+        if self._thread is None:  # a second run (the test after fit): its own loading
+            self._start()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stack = ["train"]
@@ -95,6 +101,10 @@ class ResourceUsage(L.Callback):
         self._switch("test")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
         self._stack = []
         self._switch(None)
         if trainer.is_global_zero:

@@ -29,10 +29,12 @@ def test_phases_follow_the_hooks_and_the_peak_lands_in_its_phase(tmp_path):
     assert record["peak_rss_gb"] == max(p["peak_rss_gb"] for p in phases.values())
     assert all(p["seconds"] >= 0 for p in phases.values())
 
+    assert cb._thread is None  # sampling stops with each run: no thread left behind per stage
     cb.setup(trainer, None, "test")  # the test after fit adds to the same record
+    assert cb._thread.is_alive()
     cb.on_test_start(trainer, None)
     cb.teardown(trainer, None, "test")
-    assert "test" in read_resources(tmp_path)["phases"]
+    assert "test" in read_resources(tmp_path)["phases"] and cb._thread is None
 
 
 def test_a_test_only_run_does_not_overwrite_the_fit_record(tmp_path):
