@@ -38,6 +38,7 @@ from gream_lit.data.sft_data import pad  # noqa: E402
 from gream_lit.data.split import leave_one_out  # noqa: E402
 from gream_lit.indexing.semantic_index import SemanticIndex  # noqa: E402
 from gream_lit.inference import build_prefix_tables, constrained_beam_search, direct_prompt, index_token_ids  # noqa: E402
+from gream_lit.inference.prefix_tables import id_vocab  # noqa: E402
 
 DATA = "../shared/data/amazon18_scientific"
 INDEX = f"{DATA}/indexes/rkmeans_zcr/Scientific.index.json"
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ids = index_token_ids(index, tokenizer)
     eos = tokenizer.eos_token_id
     tables = build_prefix_tables(ids, eos)
-    vocab = torch.tensor(sorted({*ids[ids >= 0].tolist(), eos}))
+    vocab = id_vocab(index, tokenizer)
     rows = compact.item_token_rows(ids, eos)
     prefix = tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
     compact_prompts = [compact.history_prompt(prefix, s.history, rows, 256) for s in samples]

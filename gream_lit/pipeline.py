@@ -51,7 +51,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.cli import GreamCLI
 from gream_lit.inference.bundle import add_metrics
-from gream_lit.per_user import FILE_NAME as PER_USER_FILE
+from gream_lit.per_user import FILE_NAME as PER_USER_FILE, read_per_user
 from gream_lit.reporting import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -435,12 +435,7 @@ def run_stage(
     config = stage_config(exp, run, stage)
     stage_dir = run.stage_dir(stage)
     config_path = stage_dir / "config.yaml"
-    saved = _read_yaml(config_path) if config_path.is_file() else None
-    if saved is not None and saved != config:
-        raise PipelineError(
-            f"stage {stage!r} in {stage_dir} was started with a different config; "
-            f"delete {stage_dir} to rerun it, or use another --run_dir"
-        )
+    _refuse_changed_config(config_path, config, stage)
     record = run.done(stage)
     if record is not None:
         _check_not_stale(exp, run, stage, record)
@@ -487,6 +482,15 @@ def _write_records(
     (stage_dir / "DONE").write_text(json.dumps(record, indent=2))
 
 
+def _refuse_changed_config(config_path: Path, config: Mapping[str, Any], stage: str) -> None:
+    """A stage directory belongs to the config it was started with."""
+    if config_path.is_file() and _read_yaml(config_path) != config:
+        raise PipelineError(
+            f"stage {stage!r} in {config_path.parent} was started with a different config; "
+            f"delete {config_path.parent} to rerun it, or use another --run_dir"
+        )
+
+
 def _check_saved_configs(exp: Mapping[str, Any], run: RunDir) -> None:
     """Refuse a rerun whose stage configs differ from the ones saved, before anything is written."""
     for stage in exp["stages"]:
@@ -497,11 +501,7 @@ def _check_saved_configs(exp: Mapping[str, Any], run: RunDir) -> None:
             config = stage_config(exp, run, stage)
         except PipelineError:  # references to stages not finished yet: checked when the stage starts
             continue
-        if _read_yaml(config_path) != config:
-            raise PipelineError(
-                f"stage {stage!r} in {run.stage_dir(stage)} was started with a different config; "
-                f"delete {run.stage_dir(stage)} to rerun it, or use another --run_dir"
-            )
+        _refuse_changed_config(config_path, config, stage)
 
 
 def prepare_run(exp: dict[str, Any], run_dir: str | Path) -> RunDir:
@@ -652,7 +652,4 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
 def _tested_users(stage_dir: Path) -> int | None:
     """Users in the stage's per-user test file (``None`` without one)."""
     path = stage_dir / PER_USER_FILE
-    if not path.is_file():
-        return None
-    with path.open() as f:
-        return sum(1 for line in f if line.strip())
+    return len(read_per_user(path)) if path.is_file() else None

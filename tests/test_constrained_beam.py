@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from gream_lit.data.catalog import DataError
+from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables, build_per_position_tables, build_prefix_tables
 from gream_lit.modeling.tiny import tiny_causal_lm
@@ -166,3 +168,15 @@ def test_peft_wrapped_model() -> None:
     for b, prompt in enumerate(prompts):
         exact = brute_force(model, prompt, ids)
         assert out.items[b].tolist() == torch.sort(exact, descending=True, stable=True).indices.tolist()
+
+
+def test_id_vocab_is_every_index_token_and_eos_even_unused_codes():
+    from gream_lit.inference.prefix_tables import id_vocab
+    from gream_lit.modeling.tiny import TINY_WORDS, tiny_word_tokenizer
+    from gream_lit.modeling.vocab import add_index_tokens
+
+    index = SemanticIndex(np.array([[0, 0], [1, 0]]), [3, 2])  # code 2 of level 0, code 1 of level 1 unused
+    tokenizer = tiny_word_tokenizer(TINY_WORDS)
+    ids = add_index_tokens(tokenizer, index)
+    vocab = id_vocab(index, tokenizer)
+    assert vocab.tolist() == sorted({*ids, tokenizer.eos_token_id}) and len(vocab) == 3 + 2 + 1

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from gream_lit.data.direct_prompt import DirectPrompt, item_rows
+from gream_lit.data.sft_data import pad
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
-from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
+from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
 
 BUNDLE_FILE = "gream_bundle.json"
@@ -120,9 +121,7 @@ class Recommender:
         device = next(model.parameters()).device
         token_ids = index_token_ids(index, tokenizer)
         self.tables = build_prefix_tables(token_ids, tokenizer.eos_token_id).to(device)
-        self.vocab = None
-        if logits_vocab == "ids":
-            self.vocab = torch.tensor(sorted({*token_ids[token_ids >= 0].tolist(), tokenizer.eos_token_id}), device=device)
+        self.vocab = id_vocab(index, tokenizer).to(device) if logits_vocab == "ids" else None
         self._rows = item_rows(tokenizer, index)
 
     def _positions(self, history: Sequence[str | int]) -> list[int]:
@@ -141,9 +140,8 @@ class Recommender:
         out: list[list[str]] = []
         for start in range(0, len(prompts), batch_size):
             rows = prompts[start : start + batch_size]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(r)) + r for r in rows], device=device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            ids = pad(rows, self.tokenizer.pad_token_id, left=True).to(device)
+            mask = pad([[1] * len(r) for r in rows], 0, left=True).to(device)
             result = constrained_beam_search(self.model, ids, mask, self.tables, self.num_beams, self.vocab)
             out += [[self.item_ids[i] for i in row[:k] if i >= 0] for row in result.items.tolist()]
         return out

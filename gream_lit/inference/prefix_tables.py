@@ -80,6 +80,14 @@ class PrefixTables:
         return torch.tensor(out, dtype=torch.long, device=seqs.device).reshape(seqs.shape[:-1])
 
 
+def id_vocab(index: SemanticIndex, tokenizer) -> torch.Tensor:
+    """Sorted vocabulary ids of every token of ``index`` (used by an item or not) plus EOS: the rows of
+    the softmax under ``logits_vocab: ids``. The training loss, the rollouts and every beam search of
+    such a model normalise over this one set, so their scores agree."""
+    ids = tokenizer.convert_tokens_to_ids(index.all_tokens())
+    return torch.tensor(sorted({*ids, tokenizer.eos_token_id}), dtype=torch.long)
+
+
 def index_token_ids(index: SemanticIndex, tokenizer) -> torch.Tensor:
     """``[n_items, depth]`` vocabulary ids of every item's ID tokens (``-1`` pads shorter IDs).
 

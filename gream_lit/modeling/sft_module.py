@@ -19,7 +19,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 from gream_lit.data.sft_data import label_index as flat_label_index
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
-from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, index_token_ids
+from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import load_causal_lm, resolve
@@ -170,7 +170,7 @@ class SFTModule(L.LightningModule):
         build = build_prefix_tables if self.hparams.constraint == "trie" else build_per_position_tables
         self.tables = build(item_ids, self.tokenizer.eos_token_id)
         if self.hparams.logits_vocab == "ids":
-            self.vocab = torch.tensor(sorted({*token_ids, self.tokenizer.eos_token_id}), dtype=torch.long)
+            self.vocab = id_vocab(index, self.tokenizer)
             # fails now, not at the first evaluation
             vocab_positions(self.vocab, torch.cat([t.reshape(-1) for t in self.tables.tokens]))
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,7 +25,8 @@ import lightning as L
 import torch
 
 from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.inference import DirectEvaluator, index_token_ids
+from gream_lit.inference import DirectEvaluator
+from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
@@ -200,8 +201,7 @@ class SRPOModule(L.LightningModule):
             self.base_fingerprint = weights_fingerprint(resolve(hp.backbone))
         vocab = None
         if hp.logits_vocab == "ids":
-            ids = index_token_ids(index, self.tokenizer)
-            vocab = torch.tensor(sorted({*ids[ids >= 0].tolist(), self.tokenizer.eos_token_id}))
+            vocab = id_vocab(index, self.tokenizer)
         self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size, vocab)
         lengths = index.lengths()
         self._direct_len = (int(lengths.min()), int(lengths.max()))
