@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     eos = tokenizer.eos_token_id
     tables = build_prefix_tables(ids, eos)
     vocab = id_vocab(index, tokenizer)
-    rows = compact.item_token_rows(ids, eos)
+    rows = compact.item_rows(tokenizer, index)
     prefix = tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
     compact_prompts = [compact.history_prompt(prefix, s.history, rows, 256) for s in samples]
     chat_prompts = [

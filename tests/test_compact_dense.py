@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,11 +20,17 @@ from gream_lit.modeling.tiny import tiny_causal_lm
 from test_constrained_beam import EOS, VOCAB, brute_force, left_padded, prompts_for, random_catalog
 from test_sft import tiny_config, write_toy_dataset
 
-ROWS = [[10, 20], [11, 21], [12, -1]]
-
 
 def test_items_are_padded_to_the_depth_with_eos():
-    assert compact.item_token_rows(torch.tensor(ROWS), eos_token_id=1) == [[10, 20], [11, 21], [12, 1]]
+    from gream_lit.indexing.semantic_index import SemanticIndex
+    from gream_lit.modeling.tiny import TINY_WORDS, tiny_word_tokenizer
+    from gream_lit.modeling.vocab import add_index_tokens
+
+    index = SemanticIndex(np.array([[0, 0], [1, 1], [2, -1]]), [3, 2])  # item 2 has a one-token ID
+    tokenizer = tiny_word_tokenizer(TINY_WORDS)
+    add_index_tokens(tokenizer, index)
+    a1, a2, a3, b1, b2 = tokenizer.convert_tokens_to_ids(index.all_tokens())
+    assert compact.item_rows(tokenizer, index) == [[a1, b1], [a2, b2], [a3, tokenizer.eos_token_id]]
 
 
 def test_history_prompt_keeps_the_most_recent_items_that_fit():

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from gream_lit.indexing.semantic_index import SemanticIndex
 
 COMPACT_PREFIX = "History:"
 IGNORE = -100
 
 
-def item_token_rows(item_token_ids: torch.Tensor, eos_token_id: int) -> list[list[int]]:
-    """Each item's ID tokens padded to the index depth with EOS (``-1`` pads in ``index_token_ids``)."""
-    ids = torch.where(item_token_ids >= 0, item_token_ids, torch.full_like(item_token_ids, eos_token_id))
-    return ids.tolist()
+def item_rows(tokenizer, index: SemanticIndex) -> list[list[int]]:
+    """Each item's ID token ids, padded to the index depth with EOS (shorter IDs end in EOS)."""
+    eos, depth = tokenizer.eos_token_id, index.depth
+    rows = []
+    for item in range(index.n_items):
+        ids = tokenizer.convert_tokens_to_ids(index.item_tokens(item))
+        rows.append(ids + [eos] * (depth - len(ids)))
+    return rows
 
 
 def fit_history(history: Sequence[int], depth: int, budget: int) -> Sequence[int]:

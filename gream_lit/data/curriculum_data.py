@@ -20,7 +20,6 @@ from gream_lit.data.curriculum import SCHEDULES, MixStats, mix
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.sft_data import AlignmentDataModule, encode_sample
-from gream_lit.data.split import Sample
 from gream_lit.data.tasks import SYSTEM_PROMPT, TaskContext, TaskSample, build_alignment_samples, load_side_info
 from gream_lit.data.teachers import build_teacher
 
@@ -159,20 +158,18 @@ class CurriculumDataModule(AlignmentDataModule):
             self._build_stream()
         super().build_datasets(stage)
 
-    def compact_eval(self) -> bool:
-        """Reasoning prompts are chat turns; only direct-mode prompts take the compact format."""
-        return super().compact_eval() and self.eval_mode == "direct"
-
     def direct_prompt(self) -> DirectPrompt:
         """Direct-mode layout whatever ``eval_mode``: a reasoning-mode evaluation changes the system
         turn of the evaluation prompts, not how the model is prompted for an ID directly."""
         spec = super().direct_prompt()
         return replace(spec, system=SYSTEM_PROMPT) if spec.format == "chat" and self.eval_mode == "reasoning" else spec
 
-    def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
+    def eval_prompt_layout(self) -> DirectPrompt:
+        """Reasoning mode: the reasoning template as a chat turn under the reasoning system prompt,
+        whatever ``prompt_format`` (the model writes text before its answer)."""
         if self.eval_mode == "direct":
-            return super().eval_prompt(sample, sids)
-        return TaskSample("seqrec", REASONING_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
+            return super().eval_prompt_layout()
+        return DirectPrompt("chat", self.max_length, self.max_history, self.eval_system_prompt, REASONING_EVAL_TEMPLATE)
 
     def _collate_train(self, rows: list[dict]) -> dict:
         """Marks batches with chain-of-thought rows ``full_vocab``: their targets are text, so a module

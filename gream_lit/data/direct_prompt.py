@@ -3,8 +3,8 @@
 A stage evaluates, and a recommender built from its hand-off must prompt, in the same layout: the
 compact format (a prefix and the history's bare ID tokens) or a chat turn (the seq-rec instruction
 over the history's IDs, with or without a system turn). ``DirectPrompt`` records that layout in a
-stage's bundle (``gream_lit.inference.bundle``) and encodes histories; the data modules use the same
-helpers for their evaluation prompts.
+stage's bundle (``gream_lit.inference.bundle``) and encodes histories; the data modules encode their
+evaluation prompts with it too.
 """
 
 from __future__ import annotations
@@ -37,19 +37,10 @@ def fit_prompt(tokenizer, sample: TaskSample, system: str | None, budget: int) -
     return None
 
 
-def item_rows(tokenizer, index: SemanticIndex) -> list[list[int]]:
-    """Each item's ID token ids, padded to the index depth with EOS (the compact layout)."""
-    eos, depth = tokenizer.eos_token_id, index.depth
-    rows = []
-    for item in range(index.n_items):
-        ids = tokenizer.convert_tokens_to_ids(index.item_tokens(item))
-        rows.append(ids + [eos] * (depth - len(ids)))
-    return rows
-
-
 @dataclass(frozen=True)
 class DirectPrompt:
-    """How a stage writes a direct-mode prompt.
+    """How a stage writes the prompt that its model answers with an item's ID: the direct-mode
+    layout of its hand-off, or (chat, reasoning template) the prompt of a reasoning-mode evaluation.
 
     Args:
         format: ``compact`` or ``chat``.
@@ -71,13 +62,14 @@ class DirectPrompt:
             raise ValueError(f"prompt format {self.format!r}; expected one of {PROMPT_FORMATS}")
 
     def encode(self, tokenizer, index: SemanticIndex, history: Sequence[int], rows: list[list[int]] | None = None) -> list[int]:
-        """Prompt ids for ``history`` (catalogue positions, oldest first); ``rows`` caches ``item_rows``."""
+        """Prompt ids for ``history`` (catalogue positions, oldest first); ``rows`` caches
+        ``compact_format.item_rows`` across calls."""
         if not history:
             raise ValueError("a direct-mode prompt needs at least one history item")
         history = list(history)[-self.max_history :]
         if self.format == "compact":
             prefix = tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
-            return compact.history_prompt(prefix, history, rows or item_rows(tokenizer, index), self.max_length)
+            return compact.history_prompt(prefix, history, rows or compact.item_rows(tokenizer, index), self.max_length)
         sample = TaskSample("seqrec", self.template, tuple(index.item_string(i) for i in history), "")
         ids = fit_prompt(tokenizer, sample, self.system, self.max_length)
         if ids is None:

@@ -18,11 +18,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
-from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt, item_rows
+from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt
 from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.split import Sample, train_sequences
 from gream_lit.data.tasks import (
-    DIRECT_EVAL_TEMPLATE,
     SYSTEM_PROMPT,
     TaskContext,
     TaskSample,
@@ -204,7 +203,7 @@ class AlignmentDataModule(CatalogDataModule):
     def item_rows(self) -> list[list[int]]:
         """Each item's ID token ids, padded to the index depth with EOS (the compact layout)."""
         if self._item_rows is None:
-            self._item_rows = item_rows(self.tokenizer, self.index)
+            self._item_rows = compact.item_rows(self.tokenizer, self.index)
         return self._item_rows
 
     def _compact_prefix(self) -> list[int]:
@@ -294,10 +293,6 @@ class AlignmentDataModule(CatalogDataModule):
             out.append({"input_ids": ids, "target": item})
         return sorted(out, key=lambda r: len(r["input_ids"]))
 
-    def eval_prompt(self, sample: Sample, sids: list[str]) -> TaskSample:
-        """Direct-mode prompt: the fixed seq-rec template over the user's history."""
-        return TaskSample("seqrec", DIRECT_EVAL_TEMPLATE, tuple(sids[h] for h in sample.history), sids[sample.target])
-
     def direct_prompt(self) -> DirectPrompt:
         """The layout of this module's direct-mode evaluation prompts, which a recommender built from
         the stage must write too (``gream_lit.inference.bundle``)."""
@@ -305,23 +300,19 @@ class AlignmentDataModule(CatalogDataModule):
             return DirectPrompt("compact", self.max_length, self.max_history)
         return DirectPrompt("chat", self.max_length, self.max_history, self.eval_system_prompt)
 
-    def compact_eval(self) -> bool:
-        """Whether evaluation prompts use the compact format (direct mode under ``compact``)."""
-        return self.prompt_format == "compact"
+    def eval_prompt_layout(self) -> DirectPrompt:
+        """The layout of the validation and test prompts: the direct-mode one here."""
+        return self.direct_prompt()
 
     def _encode_eval(self, samples: list[Sample]) -> list[dict]:
+        layout = self.eval_prompt_layout()
+        rows = self.item_rows() if layout.format == "compact" else None
         out = []
-        if self.compact_eval():
-            prefix, rows = self._compact_prefix(), self.item_rows()
-            for s in samples:
-                ids = compact.history_prompt(prefix, s.history, rows, self.max_length)
-                out.append({"input_ids": ids, "target": s.target, "user": s.user})
-            return sorted(out, key=lambda r: len(r["input_ids"]))
-        sids = self._sids()
         for s in samples:
-            ids = fit_prompt(self.tokenizer, self.eval_prompt(s, sids), self.eval_system_prompt, self.max_length)
-            if ids is None:
-                raise ValueError(f"user {s.user}: evaluation prompt exceeds max_length={self.max_length} with one item")
+            try:
+                ids = layout.encode(self.tokenizer, self.index, s.history, rows)
+            except ValueError as err:
+                raise ValueError(f"user {s.user}: evaluation prompt: {err}") from err
             out.append({"input_ids": ids, "target": s.target, "user": s.user})
         return sorted(out, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding
 

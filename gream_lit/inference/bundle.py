@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from gream_lit.data.direct_prompt import DirectPrompt, item_rows
+from gream_lit.data import compact_format as compact
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.sft_data import pad
 from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
@@ -122,7 +123,7 @@ class Recommender:
         token_ids = index_token_ids(index, tokenizer)
         self.tables = build_prefix_tables(token_ids, tokenizer.eos_token_id).to(device)
         self.vocab = id_vocab(index, tokenizer).to(device) if logits_vocab == "ids" else None
-        self._rows = item_rows(tokenizer, index)
+        self._rows = compact.item_rows(tokenizer, index)
 
     def _positions(self, history: Sequence[str | int]) -> list[int]:
         unknown = [h for h in history if str(h) not in self.position]
