@@ -8,7 +8,9 @@ test users of Scientific, once per lever, each added on top of the previous row:
 2. ``compact``: the compact prompt (``data.compact_format``) of the same users;
 3. ``+merged``: LoRA merged into the weights;
 4. ``+ids vocab``: logits and softmax over the ID tokens and EOS only (``vocab=`` of the search);
-5. ``+int8``: dynamic int8 quantisation of the decoder's linear layers (``torch.ao``), head in fp32.
+5. ``+bf16``: a bfloat16 copy of the merged model (``test_dtype: bfloat16``,
+   ``inference.search_precision``);
+6. ``+int8``: dynamic int8 quantisation of the decoder's fp32 linear layers (``torch.ao``), head in fp32.
 
 Agreement is against row 3 (the merged full-vocabulary search over the same prompts): the share of
 users whose top-10 lists are identical, and the share whose hit or miss at 10 is the same. For a model
@@ -39,6 +41,7 @@ from gream_lit.data.split import leave_one_out  # noqa: E402
 from gream_lit.indexing.semantic_index import SemanticIndex  # noqa: E402
 from gream_lit.inference import build_prefix_tables, constrained_beam_search, direct_prompt, index_token_ids  # noqa: E402
 from gream_lit.inference.prefix_tables import id_vocab  # noqa: E402
+from gream_lit.inference.search_precision import search_model  # noqa: E402
 
 DATA = "../shared/data/amazon18_scientific"
 INDEX = f"{DATA}/indexes/rkmeans_zcr/Scientific.index.json"
@@ -116,17 +119,19 @@ def main(argv: list[str] | None = None) -> None:
     record("compact, merged, full vocab", ref, speed, compact_prompts, ref)
     items, speed = run(model, comp, tables, vocab, args.users)
     record("compact, merged, ids vocab", items, speed, compact_prompts, ref)
+    items, speed = run(search_model(model, "bfloat16"), comp, tables, vocab, args.users)
+    record("compact, merged, ids vocab, bf16 copy", items, speed, compact_prompts, ref)
     base = model.get_base_model()
     quantized = torch.ao.quantization.quantize_dynamic(base.model, {torch.nn.Linear}, dtype=torch.qint8)
     base.model = quantized
     items, speed = run(model, comp, tables, vocab, args.users)
     record("compact, merged, ids vocab, int8 body", items, speed, compact_prompts, ref)
 
-    print(f"\n{'lever':<40} {'tokens':>6} {'users/s':>8} {'recall@10':>9} {'same top10':>10} {'same hit':>8}")
+    print(f"\n{'lever':<44} {'tokens':>6} {'users/s':>8} {'recall@10':>9} {'same top10':>10} {'same hit':>8}")
     for r in results:
         same = f"{r['identical_top10']:.3f}" if "identical_top10" in r else "-"
         hit = f"{r['same_hit@10']:.3f}" if "same_hit@10" in r else "-"
-        print(f"{r['lever']:<40} {r['prompt_tokens']:>6.1f} {r['users_s']:>8.2f} {r['recall@10']:>9.4f} {same:>10} {hit:>8}")
+        print(f"{r['lever']:<44} {r['prompt_tokens']:>6.1f} {r['users_s']:>8.2f} {r['recall@10']:>9.4f} {same:>10} {hit:>8}")
     if args.jsonl:
         with open(args.jsonl, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)

@@ -199,6 +199,17 @@ def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path,
               "--trainer.default_root_dir", str(tmp_path / "other_run")])
 
 
+def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
+    """``test_dtype: bfloat16`` tests every user with a bfloat16 copy; the fp32 weights stay as trained."""
+    _, config, run = fit_tiny(tmp_path)
+    (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+    out = tmp_path / "bf16"
+    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.init_args.test_dtype", "bfloat16",
+                 "--trainer.default_root_dir", str(out)]) == 0
+    assert "sft/test/ndcg@10" in capsys.readouterr().out
+    assert len((out / "test_per_user.jsonl").read_text().splitlines()) == 6
+
+
 def test_a_monitor_of_another_stage_fails_before_training(tmp_path):
     paths = write_toy_dataset(tmp_path)
     cfg = tiny_config(paths)

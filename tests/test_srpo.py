@@ -273,6 +273,11 @@ def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:
     results = trainer.test(module, datamodule=dm)[0]
     assert results["rl/test/recall@2"] == pytest.approx(1.0)  # two items, two beams: the target is always listed
     assert 0.0 < results["rl/test/ndcg@2"] <= 1.0
+    weights = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    module.hparams.test_dtype = "bfloat16"  # a bfloat16 copy decodes; the fp32 policy is left as it was
+    assert trainer.test(module, datamodule=dm)[0]["rl/test/recall@2"] == pytest.approx(1.0)
+    assert all(torch.equal(v, module.policy.state_dict()[k]) for k, v in weights.items())
+    assert module._search == []
 
 
 def test_beam_evaluation_needs_direct_mode() -> None:

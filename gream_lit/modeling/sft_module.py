@@ -19,6 +19,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 from gream_lit.data.sft_data import label_index as flat_label_index
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
+from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
@@ -98,6 +99,9 @@ class SFTModule(L.LightningModule):
         lr_schedule: ``cosine`` or ``linear`` decay after the warm-up.
         merge_for_test: merge LoRA into the weights while testing (one matmul per projection
             instead of three), unmerged afterwards.
+        test_dtype: ``float32``, or ``bfloat16``: the direct-mode test decodes with a bfloat16 copy
+            of the model (``inference.search_precision``: about 2x faster on CPUs with AVX512-BF16,
+            near-ties may swap). Validation stays in fp32, so epochs are chosen on exact scores.
         checkpoint_tokens: training batches with more padded tokens than this recompute their
             activations in the backward pass (same gradients, a third more compute on those batches,
             the peak memory of a shorter batch; ``modeling.checkpointing``). ``None``: never.
@@ -123,8 +127,10 @@ class SFTModule(L.LightningModule):
         lr_schedule: str = "cosine",
         merge_for_test: bool = True,
         checkpoint_tokens: int | None = None,
+        test_dtype: str = "float32",
     ) -> None:
         super().__init__()
+        check_test_dtype(test_dtype)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"unknown constraint {constraint!r}; expected one of {CONSTRAINTS}")
         if logits_vocab not in LOGITS_VOCABS:
@@ -142,6 +148,7 @@ class SFTModule(L.LightningModule):
         self.strict_loading = self.lora is None
         self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
         self.checkpointing: LongBatchCheckpointing | None = None
+        self._search: list[torch.nn.Module] = []  # the test's decoding model (``test_dtype``), unregistered
 
     def setup(self, stage: str) -> None:
         avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
@@ -205,7 +212,7 @@ class SFTModule(L.LightningModule):
             self.tables = self.tables.to(self.device)
         vocab = None if self.vocab is None else self.vocab.to(self.device)
         result = constrained_beam_search(
-            self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams, vocab
+            self._search[0] if self._search else self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams, vocab
         )
         return result.items
 
@@ -243,9 +250,11 @@ class SFTModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
             self.model.merge_adapter()
+        self._search = [search_model(self.model, self.hparams.test_dtype)]
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+        self._search = []
         if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
             self.model.unmerge_adapter()
 

@@ -28,6 +28,7 @@ from gream_lit.indexing.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.bundle import write_bundle
+from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
@@ -98,6 +99,8 @@ class SRPOModule(L.LightningModule):
         eval_decoding: ``sample`` (spec §8.2: n samples ranked by log-prob) or, in direct mode,
             ``beam`` (exact trie-constrained beam search, comparable with the SFT stages' direct tests).
         num_beams: beams of ``beam`` evaluation.
+        test_dtype: ``float32``, or ``bfloat16`` for the ``beam`` test (a bfloat16 copy of the policy:
+            ``inference.search_precision``).
         logits_vocab: ``full``, or ``ids`` (direct mode): rollouts are sampled from, and scored over,
             the ID tokens and EOS only, as is the beam evaluation; the policy of an SFT stage trained
             with ``logits_vocab: ids`` has no distribution over the other rows.
@@ -137,12 +140,14 @@ class SRPOModule(L.LightningModule):
         ks: tuple[int, ...] = (1, 5, 10),
         eval_decoding: str = "sample",
         num_beams: int = 10,
+        test_dtype: str = "float32",
         logits_vocab: str = "full",
         log_samples_every: int = 10,
         export_dir: str | None = None,
         avoid_cudnn_attention: bool = True,
     ) -> None:
         super().__init__()
+        check_test_dtype(test_dtype)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if reward not in REWARDS:
@@ -173,6 +178,7 @@ class SRPOModule(L.LightningModule):
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
+        self._search: list[torch.nn.Module] = []  # the beam test's decoding model (``test_dtype``), unregistered
         self._gen_batch = 0
         # LoRA checkpoints hold the adapter (and trained ID rows) only; the base comes from `backbone`
         self.strict_loading = self.lora is None
@@ -397,7 +403,8 @@ class SRPOModule(L.LightningModule):
             # direct mode, exact trie-constrained beam search: the SFT stages' ranking
             ids, mask = self.engine.encode(batch["messages"], self.device)
             target = torch.tensor(batch["item"], device=self.device)
-            result = self.direct_eval.step(self, self.policy, ids, mask, target, split)
+            model = self._search[0] if split == "test" and self._search else self.policy
+            result = self.direct_eval.step(self, model, ids, mask, target, split)
             return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
         rollout = self.engine.generate(self.policy, batch["messages"], sampling)
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
@@ -433,11 +440,15 @@ class SRPOModule(L.LightningModule):
         return self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
 
     def on_test_epoch_start(self) -> None:
-        """The beam test runs on merged LoRA weights (one matmul per projection), unmerged after."""
-        if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
-            self.policy.merge_adapter()
+        """The beam test runs on merged LoRA weights (one matmul per projection), unmerged after, in
+        ``test_dtype``."""
+        if self.direct_eval is not None:
+            if hasattr(self.policy, "merge_adapter"):
+                self.policy.merge_adapter()
+            self._search = [search_model(self.policy, self.hparams.test_dtype)]
 
     def on_test_epoch_end(self) -> None:
+        self._search = []
         if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
             self.policy.unmerge_adapter()
 
