@@ -24,7 +24,7 @@ from transformers import GenerationConfig  # noqa: E402
 
 from gream_lit.data.readers import load_catalog  # noqa: E402
 from gream_lit.data.split import leave_one_out  # noqa: E402
-from gream_lit.indexing.semantic_index import SemanticIndex  # noqa: E402
+from gream_lit.data.semantic_index import SemanticIndex  # noqa: E402
 from gream_lit.inference import (  # noqa: E402
     build_prefix_tables,
     constrained_beam_search,

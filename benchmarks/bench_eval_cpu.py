@@ -36,9 +36,9 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from gream_lit.data import compact_format as compact  # noqa: E402
 from gream_lit.data.readers import load_catalog  # noqa: E402
-from gream_lit.data.sft_data import pad  # noqa: E402
+from gream_lit.data.padding import pad  # noqa: E402
 from gream_lit.data.split import leave_one_out  # noqa: E402
-from gream_lit.indexing.semantic_index import SemanticIndex  # noqa: E402
+from gream_lit.data.semantic_index import SemanticIndex  # noqa: E402
 from gream_lit.inference import build_prefix_tables, constrained_beam_search, direct_prompt, index_token_ids  # noqa: E402
 from gream_lit.inference.prefix_tables import id_vocab  # noqa: E402
 from gream_lit.inference.search_precision import search_model  # noqa: E402

@@ -47,11 +47,11 @@ from transformers import (  # noqa: E402
     Qwen3ForCausalLM,
 )
 
-from gream_lit.data.sft_data import AlignmentDataModule  # noqa: E402
+from gream_lit.alignment.sft_data import AlignmentDataModule  # noqa: E402
 from gream_lit.modeling.attention import avoid_cudnn_attention  # noqa: E402
 from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_backbone, resolve  # noqa: E402
 from gream_lit.modeling.lora import LoraOptions, apply_lora  # noqa: E402
-from gream_lit.modeling.sft_module import SFTModule  # noqa: E402
+from gream_lit.alignment.sft_module import SFTModule  # noqa: E402
 from gream_lit.modeling.tiny import tiny_causal_lm  # noqa: E402
 from gream_lit.modeling.vocab import require_index_tokens  # noqa: E402
 

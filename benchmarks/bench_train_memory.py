@@ -6,7 +6,7 @@ on the ``--batches`` longest batches of its training set (rows sorted by length,
 config), once per ``checkpoint_tokens`` setting, each in a fresh process so that ``ru_maxrss`` is that
 setting's own peak. The gradients are the same with and without checkpointing
 (``tests/test_checkpointing.py``); only memory and time differ. The allocator is set as the CLI sets
-it (``gream_lit.allocator``); ``GREAM_MMAP_THRESHOLD=0`` measures glibc's default behaviour.
+it (``gream_lit.experiment.allocator``); ``GREAM_MMAP_THRESHOLD=0`` measures glibc's default behaviour.
 
     python benchmarks/bench_train_memory.py --config experiments/align_dense_scientific.yaml \
         --checkpoint_tokens none 1024 2048 --batches 3
@@ -35,7 +35,7 @@ def one(config: str, checkpoint_tokens: int | None, batches: int, sample: str) -
     import yaml
     from torch.utils.data import DataLoader
 
-    from gream_lit.allocator import fix_mmap_threshold
+    from gream_lit.experiment.allocator import fix_mmap_threshold
 
     fix_mmap_threshold()  # as the CLI does; GREAM_MMAP_THRESHOLD=0 measures glibc's default
     cfg = yaml.safe_load(open(config))

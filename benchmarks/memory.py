@@ -1,6 +1,6 @@
 """Peak resident memory, time and disk of every stage and phase of a pipeline run.
 
-Every stage run through the CLI writes ``resources.json`` (``gream_lit.resource_usage``: RSS sampled
+Every stage run through the CLI writes ``resources.json`` (``gream_lit.experiment.resource_usage``: RSS sampled
 every 0.2 s, charged to load / train / validate / test). This prints them as one table, with each
 stage's disk footprint (checkpoints, hand-off folder, the rest) and its largest checkpoint file. With
 ``--config`` it first runs the experiment into ``--run_dir`` (one process per stage, so every stage's
@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gream_lit.pipeline import RunDir, load_experiment  # noqa: E402
-from gream_lit.resource_usage import read_resources  # noqa: E402
+from gream_lit.experiment.pipeline import RunDir, load_experiment  # noqa: E402
+from gream_lit.experiment.resource_usage import read_resources  # noqa: E402
 
 PHASES = ("load", "train", "validate", "test")
 

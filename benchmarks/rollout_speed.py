@@ -21,10 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench_sft import DATA, INDEX, MODELS, PeakMemory, build_model  # noqa: E402
-from gream_lit.data.rl_data import RLDataModule  # noqa: E402
+from gream_lit.rl.rl_data import RLDataModule  # noqa: E402
 from gream_lit.modeling.backbone import load_tokenizer  # noqa: E402
 from gream_lit.modeling.vocab import add_index_tokens  # noqa: E402
-from gream_lit.rl.rollout import RolloutEngine, SamplingConfig  # noqa: E402
+from gream_lit.inference.sampling import RolloutEngine, SamplingConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

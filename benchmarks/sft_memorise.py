@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from gream_lit.data.sft_data import AlignmentDataModule  # noqa: E402
+from gream_lit.alignment.sft_data import AlignmentDataModule  # noqa: E402
 from gream_lit.inference.constrained_beam import constrained_beam_search  # noqa: E402
-from gream_lit.modeling.sft_module import SFTModule  # noqa: E402
+from gream_lit.alignment.sft_module import SFTModule  # noqa: E402
 
 
 def train_recall(module: SFTModule, rows: list[dict], beams: int = 10) -> tuple[float, float]:

@@ -1,5 +1,5 @@
 import sys
 
-from gream_lit.cli import main
+from gream_lit.experiment.cli import main
 
 sys.exit(main())

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from gream_lit.data.catalog import Catalog
-from gream_lit.data.sft_data import BucketBatchSampler, encode_sample
+from gream_lit.alignment.sft_data import BucketBatchSampler, encode_sample
 from gream_lit.data.split import leave_one_out
-from gream_lit.data.tasks import TaskContext, TaskSample, build_alignment_samples, load_side_info, parse_task_specs
-from gream_lit.data.tasks.builders import clean_title
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
+from gream_lit.data.text_format import TaskSample
+from gream_lit.alignment.tasks.builders import clean_title
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.tiny import tiny_chat_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens
 

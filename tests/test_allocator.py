@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from gream_lit.allocator import ENV, fix_mmap_threshold
+from gream_lit.experiment.allocator import ENV, fix_mmap_threshold
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gream_lit.data.catalog import DataError
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.backbone import load_backbone, load_tokenizer
 from gream_lit.modeling.lora import LoraOptions, apply_lora
 from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm, tiny_chat_tokenizer

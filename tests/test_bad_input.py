@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gream_lit.cli import main as cli_main
+from gream_lit.experiment.cli import main as cli_main
 from gream_lit.data.catalog import DataError
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.readers.amazon import load_amazon, read_meta, read_ratings_csv, read_reviews_2023
@@ -138,7 +138,7 @@ def test_truncated_movielens_rating_line_is_named(tmp_path):
 
 @pytest.mark.parametrize("field", ["batch_size", "eval_batch_size"])
 def test_zero_batch_sizes_fail_when_the_data_module_is_built(field):
-    from gream_lit.data.seqrec import SeqRecDataModule
+    from gream_lit.baselines.seqrec_data import SeqRecDataModule
 
     with pytest.raises(DataError, match=f"{field} must be at least 1, got 0"):
         SeqRecDataModule(data_dir="unused", **{field: 0})

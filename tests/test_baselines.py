@@ -14,8 +14,8 @@ import torch
 from gream_lit.baselines import MostPop, SASRec
 from gream_lit.baselines.mostpop import popularity_ranking
 from gream_lit.baselines.sasrec import attention_block_mask
-from gream_lit.cli import main
-from gream_lit.data.seqrec import SeqRecDataModule
+from gream_lit.experiment.cli import main
+from gream_lit.baselines.seqrec_data import SeqRecDataModule
 
 
 def write_lcrec(folder: Path, sequences: list[list[int]], n_items: int) -> Path:
@@ -103,7 +103,7 @@ model:
   class_path: gream_lit.baselines.SASRec
   init_args: {{hidden: 16, layers: 1, heads: 2, dropout: 0.1, lr: 0.01}}
 data:
-  class_path: gream_lit.data.seqrec.SeqRecDataModule
+  class_path: gream_lit.baselines.seqrec_data.SeqRecDataModule
   init_args: {{data_dir: {data}, max_history: 5, batch_size: 8}}
 """
 

@@ -10,19 +10,19 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from gream_lit.cli import main
+from gream_lit.experiment.cli import main
 from gream_lit.data import compact_format as compact
-from gream_lit.data.sft_data import AlignmentDataModule
+from gream_lit.alignment.sft_data import AlignmentDataModule
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables
-from gream_lit.modeling.sft_module import assistant_token_loss
+from gream_lit.alignment.sft_module import assistant_token_loss
 from gream_lit.modeling.tiny import tiny_causal_lm
 from test_constrained_beam import EOS, VOCAB, brute_force, left_padded, prompts_for, random_catalog
 from test_sft import tiny_config, write_toy_dataset
 
 
 def test_items_are_padded_to_the_depth_with_eos():
-    from gream_lit.indexing.semantic_index import SemanticIndex
+    from gream_lit.data.semantic_index import SemanticIndex
     from gream_lit.modeling.tiny import TINY_WORDS, tiny_word_tokenizer
     from gream_lit.modeling.vocab import add_index_tokens
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gream_lit.data.catalog import DataError
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables, build_per_position_tables, build_prefix_tables
 from gream_lit.modeling.tiny import tiny_causal_lm

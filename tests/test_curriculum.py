@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from gream_lit.data.curriculum import (
+from gream_lit.curriculum.schedule import (
     batches,
     curriculum_insert,
     mix,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from gream_lit.cli import main
-from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
-from gream_lit.data.curriculum_data import CurriculumDataModule
+from gream_lit.experiment.cli import main
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
+from gream_lit.curriculum.curriculum_data import CurriculumDataModule
 from gream_lit.data.samplers import SequentialDistributedSampler
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 WORDS = ["drill", "screw", "tape", "glove", "clamp", "saw", "bolt", "nut", "wire", "lamp", "fan", "hook"]
@@ -105,7 +105,7 @@ def test_cot_from_file_and_source_errors(toy, tmp_path):
 def test_a_teacher_with_no_usable_answer_says_so_not_max_length(toy, monkeypatch):
     from types import SimpleNamespace
 
-    import gream_lit.data.curriculum_data as curriculum_data
+    import gream_lit.curriculum.curriculum_data as curriculum_data
 
     monkeypatch.setattr(curriculum_data, "build_cot_dataset", lambda *a, **k: ([], SimpleNamespace(dropped={"empty_steps": 8})))
     with pytest.raises(ValueError, match=r"wrote no usable chain-of-thought sample \(filtered: \{'empty_steps': 8\}\)"):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from gream_lit.baselines import SASRec
 from gream_lit.data.samplers import SequentialDistributedSampler, UnrepeatedDistributedSampler
-from gream_lit.data.seqrec import SeqRecDataModule
+from gream_lit.baselines.seqrec_data import SeqRecDataModule
 
 N_USERS, N_ITEMS, MAX_HISTORY = 24, 15, 5
 EVAL_USERS = 23  # odd: 2 ranks cannot split it evenly

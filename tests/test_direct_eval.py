@@ -12,7 +12,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator, direct_prompt, index_token_ids, recommend, tokenize_left_padded
 from gream_lit.metrics import ndcg_at_k
 from gream_lit.modeling.tiny import tiny_causal_lm

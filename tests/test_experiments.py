@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gream_lit.cli import GreamCLI
+from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.indexing.cli import _apply_config, _parser
-from gream_lit.pipeline import RunDir, is_pipeline_file, load_experiment, stage_config
+from gream_lit.experiment.pipeline import RunDir, is_pipeline_file, load_experiment, stage_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.yaml"))

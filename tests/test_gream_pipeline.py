@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gream_lit.cli import main
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 N_ITEMS = 12
@@ -54,10 +54,10 @@ def experiment(paths: dict[str, str]) -> dict:
                 "artifacts": {"index": "Toy.index.json"},
             },
             "align": {
-                "model": {"class_path": "gream_lit.modeling.sft_module.SFTModule",
+                "model": {"class_path": "gream_lit.alignment.sft_module.SFTModule",
                           "init_args": {"lr": 3e-3, "num_beams": 4, "stage": "align", "lora": {"r": 2, "alpha": 4},
                                         "export_dir": "${stage_dir}/hf"}},
-                "data": {"class_path": "gream_lit.data.sft_data.AlignmentDataModule",
+                "data": {"class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
                          "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
                                        "backbone": paths["backbone"], "batch_size": 8, "eval_batch_size": 4,
                                        "val_users": 4, "max_eval_users": 4}},
@@ -73,7 +73,7 @@ def experiment(paths: dict[str, str]) -> dict:
                                         "update_groups": 1, "max_gen_batches": 1, "mini_batch_groups": 1,
                                         "pass_k": 2, "lr": 1e-3, "warmup_steps": 1,
                                         "export_dir": "${stage_dir}/hf/model"}},
-                "data": {"class_path": "gream_lit.data.rl_data.RLDataModule",
+                "data": {"class_path": "gream_lit.rl.rl_data.RLDataModule",
                          "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
                                        "mode": "direct", "min_history": 2, "batch_size": 2, "eval_batch_size": 4,
                                        "max_eval_users": 4}},

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from gream_lit.cli import main
-from gream_lit.indexing.report import level_stats, residual_errors, semantic_lift
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
+from gream_lit.indexing.quality_report import level_stats, residual_errors, semantic_lift
+from gream_lit.data.semantic_index import SemanticIndex
 
 N_ITEMS = 48
 

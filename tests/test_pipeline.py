@@ -16,8 +16,8 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from gream_lit.cli import main
-from gream_lit.pipeline import (
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.pipeline import (
     PipelineError,
     is_pipeline_file,
     load_experiment,

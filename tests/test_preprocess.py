@@ -7,8 +7,8 @@ import urllib.error
 
 import pytest
 
-from gream_lit.cli import main as cli_main
-from gream_lit.data import prepare, preprocess
+from gream_lit.experiment.cli import main as cli_main
+from gream_lit.data import data_cli, preprocess
 from gream_lit.data.catalog import DataError
 from gream_lit.data.preprocess import build_catalog, dedup_earliest, k_core, numeric_id, order_sequences, write_lcrec
 from gream_lit.data.readers import load_catalog
@@ -120,21 +120,21 @@ def test_data_prepare_from_a_download_folder(tmp_path, capsys):
 
 
 def test_download_urls_for_each_dump():
-    assert prepare.dump_urls("amazon18", "Industrial_and_Scientific") == [
+    assert data_cli.dump_urls("amazon18", "Industrial_and_Scientific") == [
         "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFilesSmall/Industrial_and_Scientific.csv",
         "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/metaFiles2/meta_Industrial_and_Scientific.json.gz",
     ]
-    assert prepare.dump_urls("amazon14", "Beauty")[0].endswith("/categoryFiles/ratings_Beauty.csv")
-    assert prepare.dump_urls("amazon23", "All_Beauty")[1].endswith("/raw/meta_categories/meta_All_Beauty.jsonl.gz")
+    assert data_cli.dump_urls("amazon14", "Beauty")[0].endswith("/categoryFiles/ratings_Beauty.csv")
+    assert data_cli.dump_urls("amazon23", "All_Beauty")[1].endswith("/raw/meta_categories/meta_All_Beauty.jsonl.gz")
     with pytest.raises(DataError, match="unknown source"):
-        prepare.dump_urls("amazon99", "Beauty")
+        data_cli.dump_urls("amazon99", "Beauty")
 
 
 def test_download_reports_unreachable_network_and_leaves_no_file(tmp_path, monkeypatch, capsys):
     def offline(url, timeout):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(prepare.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(data_cli.urllib.request, "urlopen", offline)
     argv = ["data", "download", "--source", "amazon18", "--category", "Industrial_and_Scientific"]
     argv += ["--out", str(tmp_path)]
     assert cli_main(argv) == 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gream_lit.inference.reasoning as reasoning
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
 from gream_lit.inference.reasoning import (
     NoRepeatNGramInResponse,

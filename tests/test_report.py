@@ -12,9 +12,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from gream_lit.cli import main
-from gream_lit.pipeline import PipelineError
-from gream_lit.report import flatten, mean_std, write_report
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.report import flatten, mean_std, write_report
 
 
 def fake_run(root: Path, name: str, seed: int, ndcg: float, lr: float = 0.001) -> Path:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from gream_lit.resource_usage import ResourceUsage, read_resources
+from gream_lit.experiment.resource_usage import ResourceUsage, read_resources
 
 
 def test_phases_follow_the_hooks_and_the_peak_lands_in_its_phase(tmp_path):

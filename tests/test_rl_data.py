@@ -10,12 +10,12 @@ import torch
 from transformers import GenerationConfig
 
 from gream_lit.data.catalog import DataError
-from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
-from gream_lit.data.rl_data import RLDataModule
-from gream_lit.data.tasks.builders import SYSTEM_PROMPT
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
+from gream_lit.rl.rl_data import RLDataModule
+from gream_lit.data.text_format import SYSTEM_PROMPT
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rollout import RolloutEngine, SamplingConfig, concat_rollouts
+from gream_lit.inference.sampling import RolloutEngine, SamplingConfig, concat_rollouts
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -69,7 +69,7 @@ def test_batches_go_whole_to_ranks_with_the_short_one_last():
 
 
 def test_batches_sampler_forwards_the_epoch_and_keeps_bucketed_batches():
-    from gream_lit.data.sft_data import BucketBatchSampler
+    from gream_lit.alignment.sft_data import BucketBatchSampler
 
     bucket = BucketBatchSampler([5, 1, 4, 2, 3, 9, 8, 7], batch_size=2, window=4, seed=0)
     sampler = BatchesDistributedSampler(bucket, 2, num_replicas=2, rank=0)

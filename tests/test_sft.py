@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from gream_lit.cli import main
+from gream_lit.experiment.cli import main
 from gream_lit.data.catalog import DataError
-from gream_lit.data.sft_data import AlignmentDataModule, label_index
-from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.modeling.sft_module import SFTModule, assistant_token_loss
+from gream_lit.alignment.sft_data import AlignmentDataModule, label_index
+from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.alignment.sft_module import SFTModule, assistant_token_loss
 from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm
 
 
@@ -60,11 +60,11 @@ def tiny_config(paths: dict[str, str]) -> dict:
             "enable_model_summary": False,
         },
         "model": {
-            "class_path": "gream_lit.modeling.sft_module.SFTModule",
+            "class_path": "gream_lit.alignment.sft_module.SFTModule",
             "init_args": {"lr": 3e-3, "num_beams": 4, "embedding_init": "text_mean", "lora": {"r": 2, "alpha": 4}},
         },
         "data": {
-            "class_path": "gream_lit.data.sft_data.AlignmentDataModule",
+            "class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
             "init_args": {**paths, "batch_size": 8, "eval_batch_size": 8, "val_users": 4, "max_eval_users": 6,
                            "item2index_probe": 5},
         },
@@ -137,7 +137,7 @@ def test_datamodule_batches(tmp_path):
 def test_full_finetuning_trains_every_weight_and_exports_model(tmp_path):
     import lightning as L
 
-    from gream_lit.modeling.sft_module import SFTModule
+    from gream_lit.alignment.sft_module import SFTModule
 
     paths = write_toy_dataset(tmp_path)
     dm = AlignmentDataModule(**paths, batch_size=4, val_users=2)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from gream_lit.cli import main
-from gream_lit.data.rl_data import RLDataModule
-from gream_lit.rl.rollout import RolloutEngine
+from gream_lit.experiment.cli import main
+from gream_lit.rl.rl_data import RLDataModule
+from gream_lit.inference.sampling import RolloutEngine
 from gream_lit.rl.srpo_module import SRPOModule
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -121,7 +121,7 @@ def test_cli_fit_logs_training_signals_and_exports(tmp_path: Path, data_dir: Pat
             },
         },
         "data": {
-            "class_path": "gream_lit.data.rl_data.RLDataModule",
+            "class_path": "gream_lit.rl.rl_data.RLDataModule",
             "init_args": {
                 "data_dir": str(data_dir),
                 "index_path": str(data_dir / "T.index.json"),

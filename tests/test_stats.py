@@ -11,8 +11,8 @@ import yaml
 from scipy import stats as sps
 
 from gream_lit import stats
-from gream_lit.cli import main
-from gream_lit.pipeline import PipelineError
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.pipeline import PipelineError
 
 
 def test_rank_metrics_by_hand():

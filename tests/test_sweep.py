@@ -11,9 +11,9 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from gream_lit.cli import main
-from gream_lit.pipeline import PipelineError, is_pipeline_file, load_experiment
-from gream_lit.sweep import Sweep, objective_value, suggest
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.pipeline import PipelineError, is_pipeline_file, load_experiment
+from gream_lit.experiment.sweep import Sweep, objective_value, suggest
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "tiny/val/score"

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from gream_lit.data.catalog import Catalog
-from gream_lit.data.tasks import load_side_info
-from gream_lit.data.teachers import (
+from gream_lit.alignment.tasks import load_side_info
+from gream_lit.curriculum.teachers import (
     CachedTeacher,
     HFTeacher,
     OpenAITeacher,
@@ -21,8 +21,8 @@ from gream_lit.data.teachers import (
     build_teacher,
     build_user_side_info,
 )
-from gream_lit.data.cot import missing_steps, strip_step4
-from gream_lit.data.teachers.prompts import COT_STEP_HEADERS, cot_messages, parse_item_blocks
+from gream_lit.curriculum.cot import missing_steps, strip_step4
+from gream_lit.curriculum.teachers.prompts import COT_STEP_HEADERS, cot_messages, parse_item_blocks
 from gream_lit.modeling.tiny import tiny_causal_lm
 
 

@@ -11,9 +11,10 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gream_lit.baselines.tiger import Tiger
-from gream_lit.cli import GreamCLI, explicit_model_keys, main
-from gream_lit.data.tiger_data import EOS, PAD, TigerDataModule, TigerVocab, collate
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.lightning_cli import GreamCLI, explicit_model_keys
+from gream_lit.baselines.tiger_data import EOS, PAD, TigerDataModule, TigerVocab, collate
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables
 
@@ -81,7 +82,7 @@ def tiny_tiger_yaml(folder: Path) -> str:
   class_path: gream_lit.baselines.tiger.Tiger
   init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
 data:
-  class_path: gream_lit.data.tiger_data.TigerDataModule
+  class_path: gream_lit.baselines.tiger_data.TigerDataModule
   init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
 """
 

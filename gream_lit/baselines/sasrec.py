@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gream_lit.baselines.ranking import FullRankingModule
-from gream_lit.data.seqrec import IGNORE, PAD
+from gream_lit.baselines.seqrec_data import IGNORE, PAD
 
 
 def attention_block_mask(history: torch.Tensor) -> torch.Tensor:

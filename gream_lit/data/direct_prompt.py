@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from gream_lit.data import compact_format as compact
-from gream_lit.data.tasks.builders import TaskSample
-from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.text_format import TaskSample
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
+from gream_lit.data.semantic_index import SemanticIndex
 
 PROMPT_FORMATS = ("chat", "compact")
 

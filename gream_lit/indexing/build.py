@@ -11,7 +11,7 @@ import torch
 from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate, resolve_collisions
 from gream_lit.indexing.embed import check_embeddings
 from gream_lit.indexing.kmeans import residual_kmeans
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 
 METHODS = ("rqkmeans", "balanced_rqkmeans")
 

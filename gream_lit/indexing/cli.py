@@ -55,7 +55,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from gream_lit.indexing.build import BuildConfig, build_index
-    from gream_lit.indexing.report import index_report, print_report, write_report
+    from gream_lit.indexing.quality_report import index_report, print_report, write_report
 
     catalog = load_catalog(args.data, args.format)
     emb = _embeddings(args, catalog)
@@ -81,8 +81,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gream_lit.indexing.report import index_report, print_report, write_report
-    from gream_lit.indexing.semantic_index import SemanticIndex
+    from gream_lit.indexing.quality_report import index_report, print_report, write_report
+    from gream_lit.data.semantic_index import SemanticIndex
 
     catalog = load_catalog(args.data, args.format)
     index = SemanticIndex.from_json(args.index, n_items=catalog.n_items)

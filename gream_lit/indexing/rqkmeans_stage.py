@@ -14,8 +14,8 @@ from pathlib import Path
 import lightning as L
 
 from gream_lit.indexing.build import BuildConfig, build_index
-from gream_lit.indexing.report import index_report
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.indexing.quality_report import index_report
+from gream_lit.data.semantic_index import SemanticIndex
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from gream_lit.indexing.build import finalize_index
 from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate
 from gream_lit.indexing.embed import DEFAULT_ENCODER, build_encoder, embed_items, load_embeddings
 from gream_lit.indexing.kmeans import residual_kmeans, sinkhorn_prices, sq_dists
-from gream_lit.indexing.report import index_report, level_stats, print_report, write_report
+from gream_lit.indexing.quality_report import index_report, level_stats, print_report, write_report
 
 log = logging.getLogger(__name__)
 

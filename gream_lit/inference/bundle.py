@@ -23,8 +23,8 @@ import torch
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.direct_prompt import DirectPrompt
-from gream_lit.data.sft_data import pad
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.padding import pad
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer

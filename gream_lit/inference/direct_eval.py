@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import BeamResult, constrained_beam_search
 from gream_lit.inference.prefix_tables import (
     PrefixTables,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gream_lit.data.catalog import DataError
-from gream_lit.indexing.semantic_index import SemanticIndex, format_token
+from gream_lit.data.semantic_index import SemanticIndex, format_token
 
 
 @dataclass

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import BeamResult, constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
 

@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gream_lit.data.catalog import DataError
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 
 INIT_METHODS = ("hf_default", "text_mean")
 

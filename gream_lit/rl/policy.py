@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.backbone import load_backbone
 from gream_lit.modeling.lora import LoraOptions, apply_lora
 from gream_lit.modeling.tiny import TINY_WORDS, tiny_causal_lm, tiny_word_tokenizer

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.bundle import write_bundle
@@ -39,7 +39,7 @@ from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rewards import MODES, REWARDS, PREFIX_CREDIT, RewardResult, parse_answer
-from gream_lit.rl.rollout import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
+from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter
 
 from gream_lit.data.catalog import Catalog
-from gream_lit.data.teachers.base import Messages, Teacher, TeacherError, describe_request, validate_messages
-from gream_lit.data.teachers.keywords import KeywordModel, item_document
-from gream_lit.data.teachers.prompts import COT_SYSTEM_PROMPT, INTENTION_PROMPTS, PREFERENCE_PROMPTS, parse_item_blocks
+from gream_lit.curriculum.teachers.base import Messages, Teacher, TeacherError, describe_request, validate_messages
+from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
+from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, INTENTION_PROMPTS, PREFERENCE_PROMPTS, parse_item_blocks
 
 
 def categories(item: dict[str, str]) -> list[str]:

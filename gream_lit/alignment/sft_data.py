@@ -18,20 +18,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.padding import pad
 from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt
 from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.split import Sample, train_sequences
-from gream_lit.data.tasks import (
-    SYSTEM_PROMPT,
-    TaskContext,
-    TaskSample,
-    build_alignment_samples,
-    load_side_info,
-    parse_task_specs,
-)
-from gream_lit.data.tasks.builders import clean_title
-from gream_lit.data.tasks.templates import ITEM2INDEX
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
+from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
+from gream_lit.alignment.tasks.builders import clean_title
+from gream_lit.data.templates import ITEM2INDEX
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
 
@@ -93,12 +88,6 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
         return iter(batches)
-
-
-def pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    rows = [([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s))) for s in seqs]
-    return torch.tensor(rows, dtype=torch.long)
 
 
 def label_index(labels: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,10 @@ import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from gream_lit.cli import GreamCLI
+from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.inference.bundle import add_metrics
-from gream_lit.per_user import FILE_NAME as PER_USER_FILE, read_per_user
-from gream_lit.reporting import format_stage_table, print_metric_table
+from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE, read_per_user
+from gream_lit.tables import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
-from gream_lit.data.teachers.base import (
+from gream_lit.curriculum.teachers.base import (
     Messages,
     ResultCallback,
     Teacher,

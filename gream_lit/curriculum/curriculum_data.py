@@ -15,13 +15,15 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from gream_lit.data.cot import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, CotSample, build_cot_dataset, load_cot_samples
-from gream_lit.data.curriculum import SCHEDULES, MixStats, mix
+from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
+from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT
+from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.samplers import SequentialDistributedSampler
-from gream_lit.data.sft_data import AlignmentDataModule, encode_sample
-from gream_lit.data.tasks import SYSTEM_PROMPT, TaskContext, TaskSample, build_alignment_samples, load_side_info
-from gream_lit.data.teachers import build_teacher
+from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample
+from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
+from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
+from gream_lit.curriculum.teachers import build_teacher
 
 log = logging.getLogger(__name__)
 EVAL_MODES = ("direct", "reasoning")
@@ -39,7 +41,7 @@ class CurriculumDataModule(AlignmentDataModule):
         cot_out: where generated CoT samples are written (jsonl + ``.stats.json``), for inspection.
         cot_max_samples: seeded subset of the CoT targets (``None`` = all, as GREAM).
         cot_rewrite: ``denoise`` (ours) or ``copy`` (official verbatim history rewrite).
-        schedule: ``official`` | ``staged`` | ``none`` (see ``gream_lit.data.curriculum``).
+        schedule: ``official`` | ``staged`` | ``none`` (see ``gream_lit.curriculum.schedule``).
         n_stages: stages of the ``staged`` schedule.
         reason_passes: copies of the CoT set in the ``none`` schedule (official: seen 3 times).
         eval_mode: ``direct`` (plain seq-rec prompt) or ``reasoning`` (reasoning system prompt + the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from gream_lit.data.teachers.base import Messages
+from gream_lit.curriculum.teachers.base import Messages
 
 ITEM_FIELDS = ("title", "brand", "categories", "description")
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from gream_lit.data.catalog import Catalog
 from gream_lit.indexing.collisions import collision_rate
-from gream_lit.indexing.semantic_index import SemanticIndex
-from gream_lit.reporting import format_metric_table
+from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.tables import format_metric_table
 
 
 def level_stats(col: np.ndarray, size: int) -> dict[str, float]:

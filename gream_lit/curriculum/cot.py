@@ -27,42 +27,26 @@ from typing import Sequence
 
 from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.split import Sample
-from gream_lit.data.tasks.builders import HISTORY_SEP, TaskSample
-from gream_lit.data.tasks.templates import SEQREC
-from gream_lit.data.teachers.base import Teacher
-from gream_lit.data.teachers.keywords import KeywordModel, item_document
-from gream_lit.data.teachers.prompts import COT_SYSTEM_PROMPT, cot_messages
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.text_format import (
+    ANSWER_INTRO,
+    HISTORY_SEP,
+    REASONING_SYSTEM_PROMPT,
+    REASONING_TEMPLATES,
+    REWRITE_INTRO,
+    TaskSample,
+)
+from gream_lit.curriculum.teachers.base import Teacher
+from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
+from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, cot_messages
+from gream_lit.data.semantic_index import SemanticIndex
 
 log = logging.getLogger(__name__)
 
-REASONING_SYSTEM_PROMPT = """You are a recommender that thinks before it answers. Study the user's purchase \
-history and recommend the item they are most likely to buy next.
-
-Answer in this format:
-<think>
-Step 1: Analyze the purchase history - what the items are and which patterns, categories and trends they show.
-Step 2: Build user preferences - what this user cares about.
-Step 3: Uncover purchase intent - what the user most likely needs next, given the history and preferences.
-</think>
-Then rewrite the purchase history keeping only the items relevant to that intent, and give the recommended \
-item inside <answer> </answer> tags."""
-
-REASONING_TEMPLATES = [text for _, text in SEQREC]
-REASONING_EVAL_TEMPLATE = REASONING_TEMPLATES[0]
-REWRITE_INTRO = "Let's rewrite user's purchase history: "
-ANSWER_INTRO = "Based on the above analysis, the recommended product is "
 REWRITE_MODES = ("denoise", "copy")
-PARSE_FAILURES = ("unclosed_think", "no_answer", "answer_not_id", "answer_unclosed")
 FILTERS = ("missing_step", "empty_step", "leaked_id", "leaked_title", "too_long")
 STEP_LABELS = {1: "analyze the purchase history", 2: "build user preferences", 3: "uncover purchase intent"}
 
-_ID_TOKEN = r"<\|[a-z]_\d+\|>|<[a-z]_\d+>"
-_ID_RE = re.compile(_ID_TOKEN)
-_SID_RE = re.compile(f"(?:{_ID_TOKEN})+")
 _STEP_RE = re.compile(r"Step\s*([1-4])\b", re.IGNORECASE)
-_REWRITE_RE = re.compile(re.escape(REWRITE_INTRO.strip()) + r"\s*([^\n]*)", re.IGNORECASE)
-_ANSWER_RE = re.compile(r"<answer>(.*?)(</answer>|$)", re.DOTALL)
 
 
 # ---------------------------------------------------------------- teacher text -> reasoning
@@ -137,63 +121,6 @@ def format_response(reasoning: str, rewrite: Sequence[str], target: str) -> str:
         f"{REWRITE_INTRO}{HISTORY_SEP.join(rewrite)}.\n\n"
         f"{ANSWER_INTRO}<answer>{target}</answer>"
     )
-
-
-# ---------------------------------------------------------------- model output -> parts
-
-
-@dataclass(frozen=True)
-class ParsedReasoning:
-    """A reasoning-mode output split into its parts.
-
-    ``think`` is None when ``</think>`` is missing; ``rewrite`` holds the rewritten history's IDs;
-    ``answer_tokens`` the ID tokens right after the first ``<answer>`` (as the official regex reads
-    them). ``ok``: the think block is closed and the answer tag is closed around ID tokens only;
-    ``failure`` names the first rule a failed output breaks (one of ``PARSE_FAILURES``), None when ok.
-    """
-
-    think: str | None
-    rewrite: list[str]
-    answer_tokens: list[str]
-    ok: bool
-    failure: str | None = None
-
-    @property
-    def answer(self) -> str:
-        return "".join(self.answer_tokens)
-
-
-def parse_reasoning(text: str) -> ParsedReasoning:
-    """Parse a generation; the leading ``<think>`` may be absent (evaluation forces it into the prompt)."""
-    think = None
-    rest = text
-    if "</think>" in text:
-        head, _, rest = text.partition("</think>")
-        think = head.split("<think>", 1)[-1].strip()
-    m = _REWRITE_RE.search(rest)
-    rewrite = []
-    if m:
-        line = m.group(1).split("<answer>")[0].rstrip().rstrip(".")
-        rewrite = [part.strip() for part in line.split(",") if _SID_RE.fullmatch(part.strip())]
-    answer_tokens: list[str] = []
-    clean_id = False
-    a = _ANSWER_RE.search(rest)
-    if a:
-        inner = a.group(1).strip()
-        lead = _SID_RE.match(inner)
-        answer_tokens = _ID_RE.findall(lead.group(0)) if lead else []
-        clean_id = bool(lead) and lead.group(0) == inner
-    if think is None:
-        failure = "unclosed_think"
-    elif not a:
-        failure = "no_answer"
-    elif not a.group(2):
-        failure = "answer_unclosed"
-    elif not clean_id:
-        failure = "answer_not_id"
-    else:
-        failure = None
-    return ParsedReasoning(think, rewrite, answer_tokens, failure is None, failure)
 
 
 # ---------------------------------------------------------------- samples
@@ -461,7 +388,7 @@ def _teacher_kwargs(pairs: Sequence[str]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gream_lit teacher {cot,side-info} --data DIR ...``"""
     from gream_lit.data.readers import load_catalog
-    from gream_lit.data.teachers import build_teacher, build_user_side_info
+    from gream_lit.curriculum.teachers import build_teacher, build_user_side_info
 
     p = argparse.ArgumentParser(prog="gream_lit teacher", description="teacher-written data (spec §3, §5.2)")
     p.add_argument("what", choices=("cot", "side-info"))

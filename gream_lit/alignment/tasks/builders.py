@@ -15,35 +15,12 @@ from dataclasses import dataclass, field, fields
 
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.split import Sample
-from gream_lit.data.tasks import templates as T
-from gream_lit.data.tasks.side_info import UserSideInfo
+from gream_lit.data.text_format import HISTORY_SEP, SYSTEM_PROMPT, TaskSample
+from gream_lit.data import templates as T
+from gream_lit.alignment.tasks.user_side_info import UserSideInfo
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = "You are a helpful assistant."
-HISTORY_SEP = ", "
-
-
-@dataclass(frozen=True)
-class TaskSample:
-    """One instruction/answer pair; ``template`` is formatted with ``history`` and ``fields``."""
-
-    task: str
-    template: str
-    history: tuple[str, ...]
-    response: str
-    fields: dict[str, str] = field(default_factory=dict)
-
-    def prompt(self, drop: int = 0) -> str:
-        """The user turn with the ``drop`` oldest history items left out."""
-        return self.template.format(history=HISTORY_SEP.join(self.history[drop:]), **self.fields)
-
-    def messages(self, system: str | None = SYSTEM_PROMPT, drop: int = 0) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": system}] if system is not None else []
-        return head + [
-            {"role": "user", "content": self.prompt(drop)},
-            {"role": "assistant", "content": self.response},
-        ]
 
 
 @dataclass

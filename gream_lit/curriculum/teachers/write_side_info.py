@@ -4,7 +4,7 @@ Per user: three explicit preferences (summary, long-term, short-term) written fr
 history ``seq[:-3]`` (last ``max_history``), and two vague intentions (user-side, item-side) written from
 the last training item ``seq[-3]``. Valid and test items are never shown to the teacher.
 Stored in the official ``<D>.user.json`` layout so files are interchangeable with GREAM's; the alignment
-tasks read it with ``gream_lit.data.tasks.load_side_info``.
+tasks read it with ``gream_lit.alignment.tasks.load_side_info``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from gream_lit.data.catalog import Catalog, DataError
-from gream_lit.data.teachers.base import Messages, Teacher
-from gream_lit.data.teachers.prompts import (
+from gream_lit.curriculum.teachers.base import Messages, Teacher
+from gream_lit.curriculum.teachers.prompts import (
     EMPTY_PREFERENCE,
     INTENTION_PROMPTS,
     PREFERENCE_PROMPTS,

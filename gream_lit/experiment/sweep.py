@@ -36,7 +36,7 @@ import optuna
 import yaml
 from optuna_integration import PyTorchLightningPruningCallback
 
-from gream_lit.pipeline import PipelineError, RunDir, load_experiment, run_experiment, set_dotted
+from gream_lit.experiment.pipeline import PipelineError, RunDir, load_experiment, run_experiment, set_dotted
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gream_lit.data.catalog import DataError
-from gream_lit.data.teachers.base import Messages, ResultCallback, Teacher
+from gream_lit.curriculum.teachers.base import Messages, ResultCallback, Teacher
 
 log = logging.getLogger(__name__)
 

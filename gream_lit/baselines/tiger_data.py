@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.split import Sample
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex
 
 PAD, EOS, FIRST_CODE = 0, 1, 2
 

@@ -1,32 +1,15 @@
-"""One entry point: ``python -m gream_lit <command>``.
-
-``fit``/``validate``/``test``/``predict`` go to LightningCLI (any LightningModule and DataModule by
-``class_path``); the other commands (``data``, ``index``, ...) are small argparse programs that live
-next to the code they drive and expose ``main(argv) -> int``.
-"""
+"""``GreamCLI``: the LightningCLI behind ``fit``/``validate``/``test``/``predict``, for plain configs and for
+each stage of a pipeline (``experiment.pipeline``)."""
 
 from __future__ import annotations
 
-import importlib
-import logging
 import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from gream_lit.allocator import fix_mmap_threshold
-from gream_lit.console import quiet_third_party
-from gream_lit.per_user import PerUserResults
-from gream_lit.resource_usage import ResourceUsage
-from gream_lit.reporting import print_metric_table
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("gream_lit.data.prepare", "convert raw datasets to the catalog format, print statistics, download"),
-    "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
-    "sweep": ("gream_lit.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
-    "report": ("gream_lit.report", "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams"),
-    "teacher": ("gream_lit.data.cot", "teacher-written data: chain-of-thought samples (cot), user side info (side-info)"),
-}
+from gream_lit.experiment.per_user import PerUserResults
+from gream_lit.experiment.resource_usage import ResourceUsage
+from gream_lit.tables import print_metric_table
 
 
 def explicit_model_keys(args: list[str]) -> list[str]:
@@ -97,37 +80,3 @@ class GreamCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_metric_table(self.trainer.callback_metrics, title="test")
-
-
-def _usage() -> str:
-    lines = ["usage: python -m gream_lit <command> [options]", "", "commands:"]
-    lines += [f"  {c:<9} LightningCLI {c} (--config experiments/<name>.yaml)" for c in LIGHTNING_COMMANDS]
-    lines += [f"  {c:<9} {help}" for c, (_, help) in EXTRA_COMMANDS.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    fix_mmap_threshold()
-    quiet_third_party()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command in LIGHTNING_COMMANDS:
-        from gream_lit.pipeline import maybe_run_pipeline  # imports this module: load it on use
-
-        code = maybe_run_pipeline(command, rest)
-        if code is not None:
-            return code
-        GreamCLI(
-            args=[command, *rest],
-            save_config_kwargs={"overwrite": True},
-        )
-        return 0
-    if command in EXTRA_COMMANDS:
-        module = importlib.import_module(EXTRA_COMMANDS[command][0])
-        return int(module.main(rest) or 0)
-    print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-    return 2

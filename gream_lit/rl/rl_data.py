@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
-from gream_lit.data.cot import REASONING_SYSTEM_PROMPT
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.split import Sample
-from gream_lit.data.tasks.builders import HISTORY_SEP, SYSTEM_PROMPT
-from gream_lit.data.tasks.templates import DIRECT_EVAL_TEMPLATE, SEQREC
-from gream_lit.indexing.semantic_index import SemanticIndex
+from gream_lit.data.text_format import HISTORY_SEP, SYSTEM_PROMPT
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE, SEQREC
+from gream_lit.data.semantic_index import SemanticIndex
 
 MODES = ("reason", "direct")
 

@@ -67,7 +67,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextmanager
-def _generation_config(model: torch.nn.Module, config: GenerationConfig):
+def generation_config(model: torch.nn.Module, config: GenerationConfig):
     base = _unwrap(model)
     saved = base.generation_config
     base.generation_config = config
@@ -151,7 +151,7 @@ class RolloutEngine:
         was_training = model.training
         model.eval()
         processors = LogitsProcessorList([AllowOnly(self.vocab)] if self.vocab is not None else [])
-        with _generation_config(model, config):
+        with generation_config(model, config):
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=processors
             )

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import torch
 from transformers import GenerationConfig
 
-from gream_lit.data.teachers.base import Messages, ResultCallback, Teacher, validate_messages
-from gream_lit.data.teachers.prompts import COT_STEP_HEADERS
+from gream_lit.curriculum.teachers.base import Messages, ResultCallback, Teacher, validate_messages
+from gream_lit.curriculum.teachers.prompts import COT_STEP_HEADERS
 
 
 def _sentence(line: str) -> str:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of the LM on chat samples (alignment and curriculum stages, spec §6).
 
 Data-agnostic: the datamodule supplies the tokenizer (with ID tokens), the index and batches (see
-``gream_lit.data.sft_data``). Validation/test run direct-mode recommendation: constrained beam search
+``gream_lit.alignment.sft_data``). Validation/test run direct-mode recommendation: constrained beam search
 over the index's IDs, then Recall/NDCG/MRR@K over the full catalogue.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from gream_lit.data.sft_data import label_index as flat_label_index
+from gream_lit.alignment.sft_data import label_index as flat_label_index
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
 from gream_lit.inference.search_precision import check_test_dtype, search_model

@@ -1,0 +1,58 @@
+"""One entry point: ``python -m gream_lit <command>``.
+
+``fit``/``validate``/``test``/``predict`` go to LightningCLI (any LightningModule and DataModule by
+``class_path``); the other commands (``data``, ``index``, ...) are small argparse programs that live
+next to the code they drive and expose ``main(argv) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from gream_lit.experiment.allocator import fix_mmap_threshold
+from gream_lit.experiment.console import quiet_third_party
+from gream_lit.experiment.lightning_cli import GreamCLI
+from gream_lit.experiment.pipeline import maybe_run_pipeline
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("gream_lit.data.data_cli", "convert raw datasets to the catalog format, print statistics, download"),
+    "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
+    "sweep": ("gream_lit.experiment.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
+    "report": ("gream_lit.experiment.report", "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams"),
+    "teacher": ("gream_lit.curriculum.cot", "teacher-written data: chain-of-thought samples (cot), user side info (side-info)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m gream_lit <command> [options]", "", "commands:"]
+    lines += [f"  {c:<9} LightningCLI {c} (--config experiments/<name>.yaml)" for c in LIGHTNING_COMMANDS]
+    lines += [f"  {c:<9} {help}" for c, (_, help) in EXTRA_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    fix_mmap_threshold()
+    quiet_third_party()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        code = maybe_run_pipeline(command, rest)
+        if code is not None:
+            return code
+        GreamCLI(
+            args=[command, *rest],
+            save_config_kwargs={"overwrite": True},
+        )
+        return 0
+    if command in EXTRA_COMMANDS:
+        module = importlib.import_module(EXTRA_COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
