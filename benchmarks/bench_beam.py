@@ -20,11 +20,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from bench_sft import build_model  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
 from gream_lit.data.readers import load_catalog  # noqa: E402
-from gream_lit.data.split import leave_one_out  # noqa: E402
 from gream_lit.data.semantic_index import SemanticIndex  # noqa: E402
+from gream_lit.data.split import leave_one_out  # noqa: E402
 from gream_lit.inference import (  # noqa: E402
     build_prefix_tables,
     constrained_beam_search,
@@ -34,8 +35,6 @@ from gream_lit.inference import (  # noqa: E402
 )
 from gream_lit.modeling.backbone import load_tokenizer  # noqa: E402
 from gream_lit.modeling.vocab import add_index_tokens  # noqa: E402
-
-from bench_sft import build_model  # noqa: E402
 
 DATA = "../shared/data/amazon18_scientific"
 INDEX = f"{DATA}/indexes/rkmeans_zcr/Scientific.index.json"
@@ -63,16 +62,21 @@ def run_ours(model, batches, tables, beams: int):
 
 def run_hf(model, batches, item_ids, tables, eos: int, beams: int):
     config = GenerationConfig(
-        num_beams=beams, num_return_sequences=beams, max_new_tokens=tables.steps, do_sample=False,
-        length_penalty=0.0, early_stopping=True, eos_token_id=eos, pad_token_id=eos,
-        output_scores=True, return_dict_in_generate=True,
+        num_beams=beams,
+        num_return_sequences=beams,
+        max_new_tokens=tables.steps,
+        do_sample=False,
+        length_penalty=0.0,
+        early_stopping=True,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
     items, scores = [], []
     for b in batches:
         width = b["input_ids"].shape[1]
-        gen = model.generate(
-            **b, generation_config=config, prefix_allowed_tokens_fn=trie_fn(item_ids, eos, width)
-        )
+        gen = model.generate(**b, generation_config=config, prefix_allowed_tokens_fn=trie_fn(item_ids, eos, width))
         seqs = gen.sequences[:, width:]
         if seqs.shape[1] < tables.steps:
             seqs = torch.nn.functional.pad(seqs, (0, tables.steps - seqs.shape[1]), value=eos)
@@ -144,7 +148,9 @@ def bench(name: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", "smollm2-shape"])
+    parser.add_argument(
+        "--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2", "smollm2-shape"]
+    )
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=10)
@@ -155,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jsonl", help="also append each model's result as one JSON line to this file")
     args = parser.parse_args(argv)
     rows = [bench(name, args) for name in args.models]
-    print(f"device={args.device} dtype={args.dtype} beams={args.beams} batch={args.batch_size} threads={torch.get_num_threads()}")
+    print(
+        f"device={args.device} dtype={args.dtype} beams={args.beams} batch={args.batch_size} threads={torch.get_num_threads()}"
+    )
     print(
         f"{'model':<13} {'users':>5} {'prompt':>6} {'ours u/s':>9} {'HF u/s':>8} {'ratio':>6} "
         f"{'same':>5} {'agree':>5} {'max|dS|':>8} {'HF invalid':>10}"

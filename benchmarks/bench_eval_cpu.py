@@ -35,10 +35,10 @@ from peft import AutoPeftModelForCausalLM  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from gream_lit.data import compact_format as compact  # noqa: E402
-from gream_lit.data.readers import load_catalog  # noqa: E402
 from gream_lit.data.padding import pad  # noqa: E402
-from gream_lit.data.split import leave_one_out  # noqa: E402
+from gream_lit.data.readers import load_catalog  # noqa: E402
 from gream_lit.data.semantic_index import SemanticIndex  # noqa: E402
+from gream_lit.data.split import leave_one_out  # noqa: E402
 from gream_lit.inference import build_prefix_tables, constrained_beam_search, direct_prompt, index_token_ids  # noqa: E402
 from gream_lit.inference.prefix_tables import id_vocab  # noqa: E402
 from gream_lit.inference.search_precision import search_model  # noqa: E402
@@ -54,8 +54,15 @@ def batches_of(prompts: list[list[int]], pad_id: int, size: int) -> list[tuple[l
     for start in range(0, len(order), size):
         idx = order[start : start + size]
         rows = [prompts[i] for i in idx]
-        out.append((idx, {"input_ids": pad(rows, pad_id, left=True),
-                          "attention_mask": pad([[1] * len(r) for r in rows], 0, left=True)}))
+        out.append(
+            (
+                idx,
+                {
+                    "input_ids": pad(rows, pad_id, left=True),
+                    "attention_mask": pad([[1] * len(r) for r in rows], 0, left=True),
+                },
+            )
+        )
     return out
 
 
@@ -92,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     prefix = tokenizer(compact.COMPACT_PREFIX, add_special_tokens=False)["input_ids"]
     compact_prompts = [compact.history_prompt(prefix, s.history, rows, 256) for s in samples]
     chat_prompts = [
-        tokenizer(direct_prompt(s.history[-20:], index, tokenizer), add_special_tokens=False)["input_ids"] for s in samples
+        tokenizer(direct_prompt(s.history[-20:], index, tokenizer), add_special_tokens=False)["input_ids"]
+        for s in samples
     ]
     chat = batches_of(chat_prompts, tokenizer.pad_token_id, args.batch_size)
     comp = batches_of(compact_prompts, tokenizer.pad_token_id, args.batch_size)
@@ -102,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def record(name: str, items: torch.Tensor, users_s: float, tokens: list[list[int]], ref: torch.Tensor | None):
         hits = (items == targets.unsqueeze(1)).any(1)
-        row = {"lever": name, "users": args.users, "prompt_tokens": sum(map(len, tokens)) / len(tokens),
-               "users_s": users_s, "recall@10": hits.float().mean().item()}
+        row = {
+            "lever": name,
+            "users": args.users,
+            "prompt_tokens": sum(map(len, tokens)) / len(tokens),
+            "users_s": users_s,
+            "recall@10": hits.float().mean().item(),
+        }
         if ref is not None:
             row["identical_top10"] = (items == ref).all(1).float().mean().item()
             row["same_hit@10"] = (hits == (ref == targets.unsqueeze(1)).any(1)).float().mean().item()
@@ -131,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in results:
         same = f"{r['identical_top10']:.3f}" if "identical_top10" in r else "-"
         hit = f"{r['same_hit@10']:.3f}" if "same_hit@10" in r else "-"
-        print(f"{r['lever']:<44} {r['prompt_tokens']:>6.1f} {r['users_s']:>8.2f} {r['recall@10']:>9.4f} {same:>10} {hit:>8}")
+        print(
+            f"{r['lever']:<44} {r['prompt_tokens']:>6.1f} {r['users_s']:>8.2f} {r['recall@10']:>9.4f} {same:>10} {hit:>8}"
+        )
     if args.jsonl:
         with open(args.jsonl, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)

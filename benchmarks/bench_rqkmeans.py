@@ -34,8 +34,14 @@ def reference_rqkmeans(emb: np.ndarray, levels: int, k: int, n_init: int, max_it
     start = time.perf_counter()
     for level in range(levels):
         km = KMeansConstrained(
-            n_clusters=k, size_min=max(1, n // k - 1), size_max=n // k + 1,
-            n_init=n_init, max_iter=max_iter, tol=1e-4, random_state=seed + level, n_jobs=1,
+            n_clusters=k,
+            size_min=max(1, n // k - 1),
+            size_max=n // k + 1,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=1e-4,
+            random_state=seed + level,
+            n_jobs=1,
         ).fit(r)
         codes.append(km.labels_)
         r = r - km.cluster_centers_[km.labels_]
@@ -59,9 +65,13 @@ def compare(name: str, emb: np.ndarray, k: int, levels: int, ref_levels: int, ar
     ref = reference_rqkmeans(emb, ref_levels, k, args.n_init, args.max_iter, args.seed)
     ours_sec = sum(ours["level_seconds"][:ref_levels])
     ours_err = ours["errors"][ref_levels - 1]
-    rows = [(f"{name} ours {levels} lv", sum(ours["level_seconds"]), max_deviation(ours["codes"], k), ours["errors"][-1])]
+    rows = [
+        (f"{name} ours {levels} lv", sum(ours["level_seconds"]), max_deviation(ours["codes"], k), ours["errors"][-1])
+    ]
     if ref_levels != levels:
-        rows.append((f"{name} ours {ref_levels} lv", ours_sec, max_deviation(ours["codes"][:, :ref_levels], k), ours_err))
+        rows.append(
+            (f"{name} ours {ref_levels} lv", ours_sec, max_deviation(ours["codes"][:, :ref_levels], k), ours_err)
+        )
     rows.append((f"{name} k-m-c {ref_levels} lv", ref["seconds"], max_deviation(ref["codes"], k), ref["error"]))
     lines = [f"{r[0]:<36} {r[1]:>10.1f} {r[2]:>11.2f} {r[3]:>12.5f}" for r in rows]
     err = ours_err / ref["error"] - 1
@@ -92,14 +102,18 @@ def main() -> None:
         emb = load_embeddings(args.embeddings)
     else:
         catalog = load_catalog(args.data)
-        emb = embed_items(catalog, build_encoder("sentence-transformers", "all-MiniLM-L6-v2"), ["title"], ".cache/embeddings")
+        emb = embed_items(
+            catalog, build_encoder("sentence-transformers", "all-MiniLM-L6-v2"), ["title"], ".cache/embeddings"
+        )
     emb = emb.astype(np.float32)
     rng = np.random.default_rng(args.seed)
     sub = emb[np.sort(rng.choice(len(emb), min(args.subset, len(emb)), replace=False))]
 
     header = f"{'run':<36} {'seconds':>10} {'max|sz-n/K|':>11} {'quant err':>12}"
     lines = [f"embeddings {emb.shape}, max_iter={args.max_iter}, n_init={args.n_init}", header, "-" * len(header)]
-    lines += compare(f"subset n={len(sub)} K={args.subset_k}", sub, args.subset_k, args.subset_levels, args.subset_levels, args)
+    lines += compare(
+        f"subset n={len(sub)} K={args.subset_k}", sub, args.subset_k, args.subset_levels, args.subset_levels, args
+    )
     print("\n".join(lines), flush=True)
     if not args.skip_full:
         lines = compare(f"full n={len(emb)} K={args.k}", emb, args.k, args.levels, args.full_ref_levels, args)

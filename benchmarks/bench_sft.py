@@ -48,10 +48,10 @@ from transformers import (  # noqa: E402
 )
 
 from gream_lit.alignment.sft_data import AlignmentDataModule  # noqa: E402
+from gream_lit.alignment.sft_module import SFTModule  # noqa: E402
 from gream_lit.modeling.attention import avoid_cudnn_attention  # noqa: E402
 from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_backbone, resolve  # noqa: E402
 from gream_lit.modeling.lora import LoraOptions, apply_lora  # noqa: E402
-from gream_lit.alignment.sft_module import SFTModule  # noqa: E402
 from gream_lit.modeling.tiny import tiny_causal_lm  # noqa: E402
 from gream_lit.modeling.vocab import require_index_tokens  # noqa: E402
 
@@ -87,8 +87,14 @@ def build_model(name: str, tokenizer) -> torch.nn.Module:
     if name == "qwen3-0.6b":
         torch.manual_seed(0)
         config = Qwen3Config(
-            vocab_size=max(vocab, 151936), hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-            num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+            vocab_size=max(vocab, 151936),
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=4096,
             tie_word_embeddings=True,
         )
         return Qwen3ForCausalLM(config)
@@ -100,8 +106,15 @@ def alignment_data(args) -> AlignmentDataModule:
     per_task = -(-args.samples // len(TASKS))
     tasks = {t: {"data_samples": per_task} for t in TASKS}
     dm = AlignmentDataModule(
-        index_path=args.index, tasks=tasks, max_length=args.max_length, val_users=1, bucket_window=args.bucket_window,
-        seed=args.seed, data_dir=args.data, format="lcrec", batch_size=args.batch_size,
+        index_path=args.index,
+        tasks=tasks,
+        max_length=args.max_length,
+        val_users=1,
+        bucket_window=args.bucket_window,
+        seed=args.seed,
+        data_dir=args.data,
+        format="lcrec",
+        batch_size=args.batch_size,
     )
     dm.setup("fit")
     if len(dm.train_data) < args.samples:
@@ -115,7 +128,9 @@ def reference_batches(dm: AlignmentDataModule, batch_size: int, seed: int) -> li
     dm.tokenizer.padding_side = "right"
     collate = DataCollatorForSeq2Seq(dm.tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
     rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in dm.train_data]
-    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), collate_fn=collate)
+    loader = DataLoader(
+        rows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), collate_fn=collate
+    )
     return [dict(b) for b in loader]
 
 
@@ -184,7 +199,9 @@ def ours_step(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
 def reference_step(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(True)  # PyTorch's default, what a plain HF loop gets
-    return lambda batch: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    return lambda batch: (
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    )
 
 
 def train(
@@ -217,8 +234,12 @@ def train(
         seconds = time.perf_counter() - start
         del model, optimizer, step
     return {
-        "losses": losses, "tokens": tokens, "tokens_s": tokens / seconds, "pad_share": 1 - tokens / padded,
-        "peak_mib": memory.peak_mib, "steps": len(batches) - 1,
+        "losses": losses,
+        "tokens": tokens,
+        "tokens_s": tokens / seconds,
+        "pad_share": 1 - tokens / padded,
+        "peak_mib": memory.peak_mib,
+        "steps": len(batches) - 1,
     }
 
 
@@ -236,17 +257,27 @@ def bench(args) -> dict:
         init = apply_lora(init, LoraOptions(), require_index_tokens(dm.tokenizer, dm.index))
     ours_batches = list(dm.train_dataloader())
     ref_batches = reference_batches(dm, args.batch_size, args.seed)
-    ours, ref = best_of(init, ours_step, ours_batches, args, device), best_of(init, reference_step, ref_batches, args, device)
+    ours, ref = (
+        best_of(init, ours_step, ours_batches, args, device),
+        best_of(init, reference_step, ref_batches, args, device),
+    )
     n = min(args.agree_steps, len(ref_batches))
     check = train(init, ours_step, ref_batches[:n], args, device)
     diff = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(check["losses"], ref["losses"][:n]))
     tolerance = 1e-3 if args.dtype == "fp32" else 3e-2
     return {
-        "model": args.model + ("+lora" if args.lora else ""), "device": args.device, "dtype": args.dtype,
-        "batch_size": args.batch_size, "samples": args.samples, "ours": ours, "ref": ref,
+        "model": args.model + ("+lora" if args.lora else ""),
+        "device": args.device,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "samples": args.samples,
+        "ours": ours,
+        "ref": ref,
         "ratio_tokens_s": ours["tokens_s"] / ref["tokens_s"],
         "ratio_peak": (ours["peak_mib"] / ref["peak_mib"]) if ours["peak_mib"] and ref["peak_mib"] else None,
-        "agree": diff <= tolerance, "max_rel_loss_diff": diff, "agree_steps": n,
+        "agree": diff <= tolerance,
+        "max_rel_loss_diff": diff,
+        "agree_steps": n,
     }
 
 

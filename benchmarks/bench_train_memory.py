@@ -64,8 +64,14 @@ def one(config: str, checkpoint_tokens: int | None, batches: int, sample: str) -
 
     rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=batches, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, callbacks=[StepTimer()], enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[StepTimer()],
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     shutil.rmtree(export, ignore_errors=True)
@@ -95,15 +101,31 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args.config, settings[0], args.batches, args.sample)))
         return
-    print(f"{args.sample} batches of {args.config}, GREAM_MMAP_THRESHOLD={os.environ.get('GREAM_MMAP_THRESHOLD', 'default')}")
+    print(
+        f"{args.sample} batches of {args.config}, GREAM_MMAP_THRESHOLD={os.environ.get('GREAM_MMAP_THRESHOLD', 'default')}"
+    )
     print("| checkpoint_tokens | tokens per batch (unpadded) | peak RSS after data (GB) | peak RSS (GB) | s/step |")
     print("|---|---|---|---|---|")
     for value in args.checkpoint_tokens:
-        cmd = [sys.executable, __file__, "--one", "--config", args.config, "--checkpoint_tokens", value,
-               "--batches", str(args.batches), "--sample", args.sample]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--config",
+            args.config,
+            "--checkpoint_tokens",
+            value,
+            "--batches",
+            str(args.batches),
+            "--sample",
+            args.sample,
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"| {value} | {r['tokens_per_batch']} | {r['peak_rss_gb_after_data']} | {r['peak_rss_gb']} | {r['s_per_step']} |", flush=True)
+        print(
+            f"| {value} | {r['tokens_per_batch']} | {r['peak_rss_gb_after_data']} | {r['peak_rss_gb']} | {r['s_per_step']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,11 @@ def gb(n: float) -> str:
 def table(run_dir: Path, walls: dict[str, float] | None = None) -> str:
     run = RunDir(run_dir)
     exp = run.experiment()
-    head = "| stage | " + " | ".join(f"{p} peak GB (s)" for p in PHASES) + " | stage peak GB | disk GB (ckpt / hf) | largest ckpt MB |"
+    head = (
+        "| stage | "
+        + " | ".join(f"{p} peak GB (s)" for p in PHASES)
+        + " | stage peak GB | disk GB (ckpt / hf) | largest ckpt MB |"
+    )
     lines = [head, "|" + "---|" * (len(PHASES) + 4)]
     for stage in exp["stages"]:
         folder = run.stage_dir(stage)
@@ -51,7 +55,9 @@ def table(run_dir: Path, walls: dict[str, float] | None = None) -> str:
         largest = max((c.stat().st_size for c in ckpts), default=0) / 2**20
         disk = f"{gb(folder_bytes(folder))} ({gb(folder_bytes(folder / 'checkpoints'))} / {gb(folder_bytes(folder / 'hf'))})"
         wall = f", {walls[stage]:.0f} s wall" if walls and stage in walls else ""
-        lines.append(f"| {stage}{wall} | " + " | ".join(cells) + f" | {record['peak_rss_gb']:.2f} | {disk} | {largest:.0f} |")
+        lines.append(
+            f"| {stage}{wall} | " + " | ".join(cells) + f" | {record['peak_rss_gb']:.2f} | {disk} | {largest:.0f} |"
+        )
     lines.append(f"\nrun directory: {gb(folder_bytes(run_dir))} GB")
     return "\n".join(lines)
 
@@ -61,7 +67,18 @@ def run_stages(config: str, run_dir: Path, sets: list[str]) -> dict[str, float]:
     exp = load_experiment(config)
     walls = {}
     for stage in exp["stages"]:
-        cmd = [sys.executable, "-m", "gream_lit", "fit", "--config", config, "--run_dir", str(run_dir), "--stage", stage]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gream_lit",
+            "fit",
+            "--config",
+            config,
+            "--run_dir",
+            str(run_dir),
+            "--stage",
+            stage,
+        ]
         for s in sets:
             cmd += ["--set", s]
         start = time.perf_counter()

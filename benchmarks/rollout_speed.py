@@ -19,12 +19,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from bench_sft import DATA, INDEX, MODELS, PeakMemory, build_model  # noqa: E402
-from gream_lit.rl.rl_data import RLDataModule  # noqa: E402
+
+from gream_lit.inference.sampling import RolloutEngine, SamplingConfig  # noqa: E402
 from gream_lit.modeling.backbone import load_tokenizer  # noqa: E402
 from gream_lit.modeling.vocab import add_index_tokens  # noqa: E402
-from gream_lit.inference.sampling import RolloutEngine, SamplingConfig  # noqa: E402
+from gream_lit.rl.rl_data import RLDataModule  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -56,16 +56,25 @@ def bench(args) -> dict:
     tokens = int(rollout.response_mask.sum())
     scored = int(torch.cat([rollout.prompt_mask, rollout.response_mask], 1).sum())
     return {
-        "model": args.model, "device": args.device, "dtype": args.dtype, "prompts": len(messages), "n": args.n,
-        "prompt_tokens": int(rollout.prompt_mask.sum()) // len(rollout), "generated_tokens": tokens,
-        "generate_tokens_s": tokens / t_generate, "logprob_tokens_s": scored / t_logprobs, "peak_mib": memory.peak_mib,
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "prompts": len(messages),
+        "n": args.n,
+        "prompt_tokens": int(rollout.prompt_mask.sum()) // len(rollout),
+        "generated_tokens": tokens,
+        "generate_tokens_s": tokens / t_generate,
+        "logprob_tokens_s": scored / t_logprobs,
+        "peak_mib": memory.peak_mib,
     }
 
 
 def print_table(r: dict) -> None:
     peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
     print(f"model={r['model']} device={r['device']} dtype={r['dtype']} threads={torch.get_num_threads()}")
-    print(f"{'prompts':>7} {'n':>3} {'prompt tok':>10} {'generated':>9} {'gen tok/s':>10} {'logprob tok/s':>13} {'peak MiB':>9}")
+    print(
+        f"{'prompts':>7} {'n':>3} {'prompt tok':>10} {'generated':>9} {'gen tok/s':>10} {'logprob tok/s':>13} {'peak MiB':>9}"
+    )
     print(
         f"{r['prompts']:>7} {r['n']:>3} {r['prompt_tokens']:>10} {r['generated_tokens']:>9} "
         f"{r['generate_tokens_s']:>10.1f} {r['logprob_tokens_s']:>13.1f} {peak:>9}"

@@ -23,8 +23,8 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from gream_lit.alignment.sft_data import AlignmentDataModule  # noqa: E402
-from gream_lit.inference.constrained_beam import constrained_beam_search  # noqa: E402
 from gream_lit.alignment.sft_module import SFTModule  # noqa: E402
+from gream_lit.inference.constrained_beam import constrained_beam_search  # noqa: E402
 
 
 def train_recall(module: SFTModule, rows: list[dict], beams: int = 10) -> tuple[float, float]:
@@ -57,22 +57,42 @@ def main() -> None:
     off = {"enabled": False}
     tasks = {t: off for t in ("item2index", "index2item", "fusionseqrec", "itemsearch", "preferenceobtain")}
     dm = AlignmentDataModule(
-        format="movielens_widedeep", index_path=args.index, backbone="smollm2-135m-instruct", max_history=10,
-        max_length=160, batch_size=8, val_users=4, max_eval_users=4, tasks={"seqrec": {"data_samples": args.samples}, **tasks},
+        format="movielens_widedeep",
+        index_path=args.index,
+        backbone="smollm2-135m-instruct",
+        max_history=10,
+        max_length=160,
+        batch_size=8,
+        val_users=4,
+        max_eval_users=4,
+        tasks={"seqrec": {"data_samples": args.samples}, **tasks},
     )
     lora = None if args.full else {"r": 16, "alpha": 32, "dropout": 0.0}
     module = SFTModule(
-        lora=lora, token_lr=args.token_lr, embedding_init="text_mean", lr=args.lr, warmup_ratio=0.05, export_merged=False,
+        lora=lora,
+        token_lr=args.token_lr,
+        embedding_init="text_mean",
+        lr=args.lr,
+        warmup_ratio=0.05,
+        export_merged=False,
     )
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=args.epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, log_every_n_steps=1, default_root_dir=tempfile.mkdtemp(),  # hand-off files go there
+        accelerator="cpu",
+        max_epochs=args.epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=tempfile.mkdtemp(),  # hand-off files go there
     )
     trainer.fit(module, datamodule=dm)
     recall, top1 = train_recall(module, dm.train_data)
     loss = float(trainer.callback_metrics["sft/train/loss"])
-    print(f"lr={args.lr} token_lr={args.token_lr} full={args.full} samples={args.samples} epochs={args.epochs}: "
-          f"train recall@10 {recall:.3f}, top-1 {top1:.3f}, last loss {loss:.3f}")
+    print(
+        f"lr={args.lr} token_lr={args.token_lr} full={args.full} samples={args.samples} epochs={args.epochs}: "
+        f"train recall@10 {recall:.3f}, top-1 {top1:.3f}, last loss {loss:.3f}"
+    )
 
 
 if __name__ == "__main__":

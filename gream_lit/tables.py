@@ -25,13 +25,17 @@ def test_value(metrics: Mapping[str, object], name: str) -> float | None:
     return None
 
 
-def format_stage_table(rows: Sequence[tuple[str, Mapping[str, object], int | None]], names: Sequence[str] = SUMMARY_METRICS) -> str:
+def format_stage_table(
+    rows: Sequence[tuple[str, Mapping[str, object], int | None]], names: Sequence[str] = SUMMARY_METRICS
+) -> str:
     """One line per stage, in the order given: test users and the direct test metrics ``names``."""
     header = ["stage", "test users", *names]
     body = []
     for stage, metrics, users in rows:
         values = [test_value(metrics, n) for n in names]
-        body.append([stage, "–" if users is None else f"{users:,}", *("–" if v is None else format_value(v) for v in values)])
+        body.append(
+            [stage, "–" if users is None else f"{users:,}", *("–" if v is None else format_value(v) for v in values)]
+        )
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), line]

@@ -8,13 +8,13 @@ import logging
 import numpy as np
 import pytest
 
-from gream_lit.data.catalog import Catalog
 from gream_lit.alignment.sft_data import BucketBatchSampler, encode_sample
-from gream_lit.data.split import leave_one_out
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
-from gream_lit.data.text_format import TaskSample
 from gream_lit.alignment.tasks.builders import clean_title
+from gream_lit.data.catalog import Catalog
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import leave_one_out
+from gream_lit.data.text_format import TaskSample
 from gream_lit.modeling.tiny import tiny_chat_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens
 
@@ -118,10 +118,10 @@ def test_labels_mask_system_and_user():
     tok, sids = _encoded_tokenizer()
     sample = TaskSample("seqrec", "After {history}, next?", (sids[0], sids[1]), sids[2])
     enc = encode_sample(tok, sample, "You are a helpful assistant.", max_length=512)
-    labelled = [i for i, l in zip(enc["input_ids"], enc["labels"]) if l != -100]
+    labelled = [i for i, label in zip(enc["input_ids"], enc["labels"]) if label != -100]
     assert tok.decode(labelled) == sids[2] + "<|im_end|>"
     start = enc["labels"].index(labelled[0])
-    assert all(l == -100 for l in enc["labels"][:start])
+    assert all(label == -100 for label in enc["labels"][:start])
     assert tok.decode(enc["input_ids"][:start]).endswith("<|im_start|>assistant\n")
 
 

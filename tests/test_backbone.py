@@ -124,7 +124,7 @@ def _perturbed_adapter(model, token_ids: list[int], seed: int):
     peft_model = apply_lora(model, LoraOptions(r=2, alpha=4, dropout=0.0), token_ids)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in peft_model.named_parameters():
+        for p in peft_model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return peft_model.eval()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gream_lit.experiment.cli import main as cli_main
 from gream_lit.data.catalog import DataError
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.readers.amazon import load_amazon, read_meta, read_ratings_csv, read_reviews_2023
+from gream_lit.experiment.cli import main as cli_main
 
 ITEMS = {str(i): {"title": f"t{i}"} for i in range(4)}
 

@@ -14,8 +14,8 @@ import torch
 from gream_lit.baselines import MostPop, SASRec
 from gream_lit.baselines.mostpop import popularity_ranking
 from gream_lit.baselines.sasrec import attention_block_mask
-from gream_lit.experiment.cli import main
 from gream_lit.baselines.seqrec_data import SeqRecDataModule
+from gream_lit.experiment.cli import main
 
 
 def write_lcrec(folder: Path, sequences: list[list[int]], n_items: int) -> Path:
@@ -33,8 +33,13 @@ def cyclic_sequences(n_users: int, n_items: int, length: int) -> list[list[int]]
 
 def quiet_trainer(root: Path, **kwargs) -> L.Trainer:
     return L.Trainer(
-        default_root_dir=root, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, deterministic=True, **kwargs,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kwargs,
     )
 
 
@@ -60,10 +65,8 @@ def test_mostpop_counts_training_parts_only(tmp_path):
 def test_attention_mask_blocks_future_and_padding_but_never_self():
     mask = attention_block_mask(torch.tensor([[0, 0, 3, 4]]))[0]
     expected = torch.tensor(
-        [[0, 1, 1, 1],
-         [1, 0, 1, 1],
-         [1, 1, 0, 1],
-         [1, 1, 0, 0]], dtype=torch.bool,
+        [[0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1], [1, 1, 0, 0]],
+        dtype=torch.bool,
     )
     assert torch.equal(mask, expected)
 

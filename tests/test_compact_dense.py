@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
-from gream_lit.experiment.cli import main
-from gream_lit.data import compact_format as compact
-from gream_lit.alignment.sft_data import AlignmentDataModule
-from gream_lit.inference.constrained_beam import constrained_beam_search
-from gream_lit.inference.prefix_tables import build_prefix_tables
-from gream_lit.alignment.sft_module import assistant_token_loss
-from gream_lit.modeling.tiny import tiny_causal_lm
 from test_constrained_beam import EOS, VOCAB, brute_force, left_padded, prompts_for, random_catalog
 from test_sft import tiny_config, write_toy_dataset
+
+from gream_lit.alignment.sft_data import AlignmentDataModule
+from gream_lit.alignment.sft_module import assistant_token_loss
+from gream_lit.data import compact_format as compact
+from gream_lit.experiment.cli import main
+from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.prefix_tables import build_prefix_tables
+from gream_lit.modeling.tiny import tiny_causal_lm
 
 
 def test_items_are_padded_to_the_depth_with_eos():
@@ -91,9 +91,17 @@ def test_restricted_vocab_search_is_exact_under_the_restricted_softmax(variable:
 def test_compact_datamodule_prompts_and_dense_rows(tmp_path):
     paths = write_toy_dataset(tmp_path)
     dm = AlignmentDataModule(
-        **paths, prompt_format="compact", val_users=3, max_eval_users=5,
-        tasks={"seqdense": {"enabled": True}, **{t: {"enabled": False} for t in
-               ("seqrec", "item2index", "index2item", "fusionseqrec", "itemsearch", "preferenceobtain")}},
+        **paths,
+        prompt_format="compact",
+        val_users=3,
+        max_eval_users=5,
+        tasks={
+            "seqdense": {"enabled": True},
+            **{
+                t: {"enabled": False}
+                for t in ("seqrec", "item2index", "index2item", "fusionseqrec", "itemsearch", "preferenceobtain")
+            },
+        },
     )
     dm.setup("fit")
     catalog, rows = dm.catalog, dm.item_rows()
@@ -127,9 +135,16 @@ def test_dense_cli_run_writes_per_user_results_over_catalogue_ids(tmp_path, caps
     cfg = tiny_config(paths)
     cfg["model"]["init_args"]["logits_vocab"] = "ids"
     cfg["model"]["init_args"]["lr_schedule"] = "linear"
-    cfg["data"]["init_args"].update(prompt_format="compact", item2index_probe=0, tasks={
-        "seqdense": {"enabled": True}, "item2index": {"enabled": False}, "index2item": {"enabled": False},
-        "fusionseqrec": {"enabled": False}})
+    cfg["data"]["init_args"].update(
+        prompt_format="compact",
+        item2index_probe=0,
+        tasks={
+            "seqdense": {"enabled": True},
+            "item2index": {"enabled": False},
+            "index2item": {"enabled": False},
+            "fusionseqrec": {"enabled": False},
+        },
+    )
     config = tmp_path / "dense.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"

@@ -8,14 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gream_lit.experiment.cli import main as cli_main
-from gream_lit.data.catalog import Catalog, DataError
-from gream_lit.curriculum.cot import CotBuilder, CotStats, build_cot_dataset, cot_targets, denoise, format_response, load_cot_samples, plain_words, empty_steps, missing_steps, step_text, strip_step4, title_leaked
-from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT, parse_reasoning
-from gream_lit.data.split import Sample
+from gream_lit.curriculum.cot import (
+    CotBuilder,
+    CotStats,
+    build_cot_dataset,
+    cot_targets,
+    denoise,
+    empty_steps,
+    format_response,
+    load_cot_samples,
+    missing_steps,
+    plain_words,
+    step_text,
+    strip_step4,
+    title_leaked,
+)
 from gream_lit.curriculum.teachers import CachedTeacher, Teacher, TemplateTeacher
 from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT
+from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import Sample
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT, parse_reasoning
+from gream_lit.experiment.cli import main as cli_main
 
 STEPS = "Step 1: they buy staples. Step 2: they like fasteners. Step 3: they need screws next."
 FULL = (

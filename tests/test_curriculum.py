@@ -31,17 +31,17 @@ def spec_reference(ori, reason, b=8):
 
     def one(part, seed, curriculum):
         random.seed(seed)
-        O = [part[i : i + b] for i in range(0, len(part), b)]
+        plain = [part[i : i + b] for i in range(0, len(part), b)]
         Rq = [reason[i : i + b] for i in range(0, len(reason), b)]
         n_r = len(Rq)
         if not curriculum:
-            out = O + Rq
+            out = plain + Rq
             random.shuffle(out)
             return [x for bt in out for x in bt]
         out = []
-        for i, ob in enumerate(O):
+        for i, ob in enumerate(plain):
             out.append(ob)
-            if random.random() < (i / len(O)) * (n_r / len(O)) * 1.5 and Rq:
+            if random.random() < (i / len(plain)) * (n_r / len(plain)) * 1.5 and Rq:
                 out.append(Rq.pop(0))
         return [x for bt in out + Rq for x in bt]
 

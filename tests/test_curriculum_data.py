@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from gream_lit.experiment.cli import main
-from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
 from gream_lit.curriculum.curriculum_data import CurriculumDataModule
 from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
+from gream_lit.experiment.cli import main
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 WORDS = ["drill", "screw", "tape", "glove", "clamp", "saw", "bolt", "nut", "wire", "lamp", "fan", "hook"]
@@ -26,7 +26,10 @@ def toy(tmp_path_factory) -> dict[str, str]:
     rng = np.random.default_rng(0)
     data = root / "data"
     data.mkdir()
-    items = {str(i): {"title": f"{w.title()} model {i}", "description": f"A sturdy {w} for the workshop."} for i, w in enumerate(WORDS)}
+    items = {
+        str(i): {"title": f"{w.title()} model {i}", "description": f"A sturdy {w} for the workshop."}
+        for i, w in enumerate(WORDS)
+    }
     inter = {f"u{u}": [int(x) for x in rng.permutation(12)[: int(rng.integers(7, 10))]] for u in range(10)}
     (data / "Toy.item.json").write_text(json.dumps(items))
     (data / "Toy.inter.json").write_text(json.dumps(inter))
@@ -107,7 +110,9 @@ def test_a_teacher_with_no_usable_answer_says_so_not_max_length(toy, monkeypatch
 
     import gream_lit.curriculum.curriculum_data as curriculum_data
 
-    monkeypatch.setattr(curriculum_data, "build_cot_dataset", lambda *a, **k: ([], SimpleNamespace(dropped={"empty_steps": 8})))
+    monkeypatch.setattr(
+        curriculum_data, "build_cot_dataset", lambda *a, **k: ([], SimpleNamespace(dropped={"empty_steps": 8}))
+    )
     with pytest.raises(ValueError, match=r"wrote no usable chain-of-thought sample \(filtered: \{'empty_steps': 8\}\)"):
         make(toy)
 
@@ -169,7 +174,11 @@ def test_compact_curriculum_trains_ids_vocab_with_text_cot_batches(toy, tmp_path
     config["trainer"].update(limit_train_batches=None, logger=False, limit_val_batches=0, limit_test_batches=1)
     config["model"]["init_args"].update(logits_vocab="ids", checkpoint_tokens=64)
     config["data"]["init_args"].update(
-        toy, max_length=4096, cot_max_samples=None, prompt_format="compact", eval_mode="direct",
+        toy,
+        max_length=4096,
+        cot_max_samples=None,
+        prompt_format="compact",
+        eval_mode="direct",
         tasks={"seqdense": {"enabled": True}, **off},
     )
     path = tmp_path / "tiny.yaml"

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from gream_lit.baselines import SASRec
-from gream_lit.data.samplers import SequentialDistributedSampler, UnrepeatedDistributedSampler
 from gream_lit.baselines.seqrec_data import SeqRecDataModule
+from gream_lit.data.samplers import SequentialDistributedSampler, UnrepeatedDistributedSampler
 
 N_USERS, N_ITEMS, MAX_HISTORY = 24, 15, 5
 EVAL_USERS = 23  # odd: 2 ranks cannot split it evenly
@@ -35,7 +35,9 @@ class DistributedSeqRecData(SeqRecDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.valid_set, batch_size=self.eval_batch_size, sampler=UnrepeatedDistributedSampler(self.valid_set))
+        return DataLoader(
+            self.valid_set, batch_size=self.eval_batch_size, sampler=UnrepeatedDistributedSampler(self.valid_set)
+        )
 
 
 class SGDSASRec(SASRec):
@@ -97,15 +99,25 @@ def write_catalog(folder: Path) -> Path:
 
 def trainer(root: Path, devices: int, recorder: Recorder, **kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-        default_root_dir=root, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder, DestroyGlooGroup()], **kwargs,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder, DestroyGlooGroup()],
+        **kwargs,
     )
 
 
 def data(folder: Path, world: int, cls: type[SeqRecDataModule] = DistributedSeqRecData) -> SeqRecDataModule:
     return cls(
-        str(folder), max_history=MAX_HISTORY, batch_size=GLOBAL_BATCH // world, eval_batch_size=4,
+        str(folder),
+        max_history=MAX_HISTORY,
+        batch_size=GLOBAL_BATCH // world,
+        eval_batch_size=4,
         max_eval_users=EVAL_USERS,
     )
 

@@ -63,8 +63,10 @@ def test_evaluator_logs_metrics_of_the_exact_ranking() -> None:
     histories, targets = [[0, 3], [5], [1, 2, 4]], [4, 0, 2]
     prompts = [direct_prompt(h, index, tok) for h in histories]
     enc = tokenize_left_padded(prompts, tok, "cpu")
-    rows = [{"input_ids": i, "attention_mask": m, "target": torch.tensor(t)}
-            for i, m, t in zip(enc["input_ids"], enc["attention_mask"], targets)]
+    rows = [
+        {"input_ids": i, "attention_mask": m, "target": torch.tensor(t)}
+        for i, m, t in zip(enc["input_ids"], enc["attention_mask"], targets)
+    ]
     evaluator = DirectEvaluator.from_index(index, tok, stage="sft", num_beams=6, ks=(1, 5))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     logged = trainer.validate(EvalOnly(model, evaluator), DataLoader(rows, batch_size=3), verbose=False)[0]

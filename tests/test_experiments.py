@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.indexing.cli import _apply_config, _parser
 from gream_lit.experiment.pipeline import RunDir, is_pipeline_file, load_experiment, stage_config
+from gream_lit.indexing.cli import _apply_config, _parser
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.yaml"))
@@ -51,8 +51,13 @@ def finish_all(exp: dict, run: RunDir) -> None:
         folder = run.stage_dir(name)
         folder.mkdir(parents=True)
         artifacts = {k: str(folder / rel) for k, rel in (stage.get("artifacts") or {}).items()}
-        record = {"finished": "2026-01-01T00:00:00", "dir": str(folder), "ckpt": str(folder / "best.ckpt"),
-                  "last_ckpt": str(folder / "last.ckpt"), "artifacts": artifacts}
+        record = {
+            "finished": "2026-01-01T00:00:00",
+            "dir": str(folder),
+            "ckpt": str(folder / "best.ckpt"),
+            "last_ckpt": str(folder / "last.ckpt"),
+            "artifacts": artifacts,
+        }
         (folder / "DONE").write_text(json.dumps(record))
 
 
@@ -66,8 +71,17 @@ def test_print_config_check_rejects_a_wrong_argument(tmp_path: Path) -> None:
 
 def test_experiments_folder_has_the_gream_files() -> None:
     names = {p.stem for p in FILES}
-    expected = {"quickstart", "gream_full", "ablation_no_align", "ablation_no_curriculum", "ablation_no_cot",
-                "ablation_no_rl", "ablation_reward_exact", "ablation_adv_grpo", "ablation_rqvae"}
+    expected = {
+        "quickstart",
+        "gream_full",
+        "ablation_no_align",
+        "ablation_no_curriculum",
+        "ablation_no_cot",
+        "ablation_no_rl",
+        "ablation_reward_exact",
+        "ablation_adv_grpo",
+        "ablation_rqvae",
+    }
     assert expected <= names
 
 

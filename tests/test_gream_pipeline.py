@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gream_lit.experiment.cli import main
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 N_ITEMS = 12
@@ -32,8 +32,11 @@ def write_inputs(root: Path) -> dict[str, str]:
     centres = rng.normal(size=(4, 8)) * 5
     emb = centres[np.arange(N_ITEMS) % 4] + rng.normal(size=(N_ITEMS, 8))
     np.save(root / "emb.npy", emb.astype(np.float32))
-    return {"data_dir": str(data), "embeddings": str(root / "emb.npy"),
-            "backbone": save_tiny_backbone(root / "tiny", hidden_size=32, num_layers=1)}
+    return {
+        "data_dir": str(data),
+        "embeddings": str(root / "emb.npy"),
+        "backbone": save_tiny_backbone(root / "tiny", hidden_size=32, num_layers=1),
+    }
 
 
 def experiment(paths: dict[str, str]) -> dict:
@@ -41,42 +44,90 @@ def experiment(paths: dict[str, str]) -> dict:
     return {
         "name": "tiny_gream",
         "seed_everything": 0,
-        "defaults": {"trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-                                 "num_sanity_val_steps": 0, "log_every_n_steps": 1}},
+        "defaults": {
+            "trainer": {
+                "accelerator": "cpu",
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "num_sanity_val_steps": 0,
+                "log_every_n_steps": 1,
+            }
+        },
         "stages": {
             "index": {
-                "model": {"class_path": "gream_lit.indexing.rqkmeans_stage.RQKMeansIndex",
-                          "init_args": {"output_path": "${stage_dir}/Toy.index.json", "levels": 2,
-                                        "codebook_size": 4, "max_iter": 10, "n_init": 1}},
-                "data": {"class_path": "gream_lit.indexing.rqvae.ItemEmbeddingDataModule",
-                         "init_args": {"data_dir": paths["data_dir"], "embeddings": paths["embeddings"]}},
+                "model": {
+                    "class_path": "gream_lit.indexing.rqkmeans_stage.RQKMeansIndex",
+                    "init_args": {
+                        "output_path": "${stage_dir}/Toy.index.json",
+                        "levels": 2,
+                        "codebook_size": 4,
+                        "max_iter": 10,
+                        "n_init": 1,
+                    },
+                },
+                "data": {
+                    "class_path": "gream_lit.indexing.rqvae.ItemEmbeddingDataModule",
+                    "init_args": {"data_dir": paths["data_dir"], "embeddings": paths["embeddings"]},
+                },
                 "trainer": {"max_epochs": 1, "limit_train_batches": 1},
                 "artifacts": {"index": "Toy.index.json"},
             },
             "align": {
-                "model": {"class_path": "gream_lit.alignment.sft_module.SFTModule",
-                          "init_args": {"lr": 3e-3, "num_beams": 4, "stage": "align", "lora": {"r": 2, "alpha": 4},
-                                        "export_dir": "${stage_dir}/hf"}},
-                "data": {"class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
-                         "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
-                                       "backbone": paths["backbone"], "batch_size": 8, "eval_batch_size": 4,
-                                       "val_users": 4, "max_eval_users": 4}},
+                "model": {
+                    "class_path": "gream_lit.alignment.sft_module.SFTModule",
+                    "init_args": {
+                        "lr": 3e-3,
+                        "num_beams": 4,
+                        "stage": "align",
+                        "lora": {"r": 2, "alpha": 4},
+                        "export_dir": "${stage_dir}/hf",
+                    },
+                },
+                "data": {
+                    "class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
+                    "init_args": {
+                        "data_dir": paths["data_dir"],
+                        "index_path": "${prev.artifacts.index}",
+                        "backbone": paths["backbone"],
+                        "batch_size": 8,
+                        "eval_batch_size": 4,
+                        "val_users": 4,
+                        "max_eval_users": 4,
+                    },
+                },
                 "trainer": {**trainer, "limit_train_batches": 2},
                 "artifacts": {"model": "hf/adapter"},
             },
             "rl": {
-                "model": {"class_path": "gream_lit.rl.srpo_module.SRPOModule",
-                          "init_args": {"backbone": "${prev.artifacts.model}", "mode": "direct",
-                                        "rollout": {"n": 4, "max_new_tokens": 4},
-                                        "val_sampling": {"n": 2, "max_new_tokens": 4},
-                                        "test_sampling": {"n": 2, "max_new_tokens": 4},
-                                        "update_groups": 1, "max_gen_batches": 1, "mini_batch_groups": 1,
-                                        "pass_k": 2, "lr": 1e-3, "warmup_steps": 1,
-                                        "export_dir": "${stage_dir}/hf/model"}},
-                "data": {"class_path": "gream_lit.rl.rl_data.RLDataModule",
-                         "init_args": {"data_dir": paths["data_dir"], "index_path": "${prev.artifacts.index}",
-                                       "mode": "direct", "min_history": 2, "batch_size": 2, "eval_batch_size": 4,
-                                       "max_eval_users": 4}},
+                "model": {
+                    "class_path": "gream_lit.rl.srpo_module.SRPOModule",
+                    "init_args": {
+                        "backbone": "${prev.artifacts.model}",
+                        "mode": "direct",
+                        "rollout": {"n": 4, "max_new_tokens": 4},
+                        "val_sampling": {"n": 2, "max_new_tokens": 4},
+                        "test_sampling": {"n": 2, "max_new_tokens": 4},
+                        "update_groups": 1,
+                        "max_gen_batches": 1,
+                        "mini_batch_groups": 1,
+                        "pass_k": 2,
+                        "lr": 1e-3,
+                        "warmup_steps": 1,
+                        "export_dir": "${stage_dir}/hf/model",
+                    },
+                },
+                "data": {
+                    "class_path": "gream_lit.rl.rl_data.RLDataModule",
+                    "init_args": {
+                        "data_dir": paths["data_dir"],
+                        "index_path": "${prev.artifacts.index}",
+                        "mode": "direct",
+                        "min_history": 2,
+                        "batch_size": 2,
+                        "eval_batch_size": 4,
+                        "max_eval_users": 4,
+                    },
+                },
                 "trainer": {**trainer, "limit_train_batches": 2},
                 "artifacts": {"model": "hf/model"},
             },
@@ -93,7 +144,7 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     run = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
     out = capsys.readouterr().out
-    summary = out[out.index("stages in pipeline order"):].splitlines()
+    summary = out[out.index("stages in pipeline order") :].splitlines()
     assert summary[1].split() == ["stage", "test", "users", "recall@10", "ndcg@10"]
     rows = {line.split()[0]: line.split() for line in summary[3:6]}
     assert list(rows) == ["index", "align", "rl"]
@@ -123,7 +174,9 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
 
     for stage, folder in (("align", "adapter"), ("rl", "model")):
         bundle = json.loads((run / stage / "hf" / folder / "gream_bundle.json").read_text())
-        assert bundle["metrics"][f"{stage}/test/ndcg@10"] == pytest.approx(json.loads((run / stage / "metrics.json").read_text())[f"{stage}/test/ndcg@10"])
+        assert bundle["metrics"][f"{stage}/test/ndcg@10"] == pytest.approx(
+            json.loads((run / stage / "metrics.json").read_text())[f"{stage}/test/ndcg@10"]
+        )
     items = bundle["item_ids"]
     ranked = load_recommender(run / "rl" / "hf" / "model").recommend(items[:3], k=3)
     assert len(ranked) == 3 and set(ranked) <= set(items)
@@ -140,8 +193,13 @@ def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_diffe
     paths = write_inputs(tmp_path)
     exp = experiment(paths)
     exp["stages"]["align"]["model"]["init_args"].update(logits_vocab="ids", lr_schedule="linear")
-    exp["stages"]["align"]["data"]["init_args"].update(prompt_format="compact", tasks={
-        "seqdense": {"enabled": True}, **{t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}})
+    exp["stages"]["align"]["data"]["init_args"].update(
+        prompt_format="compact",
+        tasks={
+            "seqdense": {"enabled": True},
+            **{t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")},
+        },
+    )
     exp["stages"]["rl"]["model"]["init_args"].update(eval_decoding="beam", logits_vocab="ids")
     exp["stages"]["rl"]["data"]["init_args"]["prompt_format"] = "compact"
     for stage in ("align", "rl"):

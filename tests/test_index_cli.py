@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.experiment.cli import main
 from gream_lit.indexing.quality_report import level_stats, residual_errors, semantic_lift
-from gream_lit.data.semantic_index import SemanticIndex
 
 N_ITEMS = 48
 
@@ -20,7 +20,9 @@ def _tiny_dataset(root: Path) -> tuple[Path, Path]:
     data = root / "toy"
     data.mkdir()
     cats = ["Lab,Pipettes", "Lab,Beakers", "Tools,Drills", "Tools,Saws"]
-    items = {str(i): {"title": f"{cats[i % 4].split(',')[1]} model {i}", "categories": cats[i % 4]} for i in range(N_ITEMS)}
+    items = {
+        str(i): {"title": f"{cats[i % 4].split(',')[1]} model {i}", "categories": cats[i % 4]} for i in range(N_ITEMS)
+    }
     inter = {f"u{u}": [str((u + j) % N_ITEMS) for j in range(4)] for u in range(12)}
     (data / "toy.item.json").write_text(json.dumps(items))
     (data / "toy.inter.json").write_text(json.dumps(inter))
@@ -44,7 +46,10 @@ def test_index_build_and_report_cli(tmp_path, capsys) -> None:
     assert report["level1/size_min"] == report["level1/size_max"] == 12  # balanced: 48 / 4
     assert report["semantic/category_lift"] > 2  # level 1 recovers the 4 categories
     assert list((out / "tb").iterdir())
-    assert main(["index", "report", "--data", str(data), "--index", str(out / "toy.index.json"), "--embeddings", str(emb)]) == 0
+    assert (
+        main(["index", "report", "--data", str(data), "--index", str(out / "toy.index.json"), "--embeddings", str(emb)])
+        == 0
+    )
     assert "collision_rate/after" in capsys.readouterr().out
 
 
@@ -55,7 +60,13 @@ def test_rqvae_fit_writes_a_collision_free_index(tmp_path) -> None:
         "trainer": {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 1},
         "model": {
             "class_path": "gream_lit.indexing.rqvae.RQVAE",
-            "init_args": {"levels": 2, "codebook_size": 4, "latent_dim": 4, "hidden_dims": [16], "sinkhorn_last_level": True},
+            "init_args": {
+                "levels": 2,
+                "codebook_size": 4,
+                "latent_dim": 4,
+                "hidden_dims": [16],
+                "sinkhorn_last_level": True,
+            },
         },
         "data": {
             "class_path": "gream_lit.indexing.rqvae.ItemEmbeddingDataModule",
@@ -72,7 +83,15 @@ def test_rqvae_fit_writes_a_collision_free_index(tmp_path) -> None:
     report = json.loads((written[0].parent / "index_report" / "report.json").read_text())
     assert report["collision_rate/after"] == 0 and "level1/perplexity" in report
     target = tmp_path / "stage" / "toy.index.json"  # how a pipeline stage names the file
-    argv = ["fit", "--config", str(cfg), "--trainer.default_root_dir", str(tmp_path / "run2"), "--trainer.max_epochs", "1"]
+    argv = [
+        "fit",
+        "--config",
+        str(cfg),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run2"),
+        "--trainer.max_epochs",
+        "1",
+    ]
     assert main([*argv, "--model.init_args.output_path", str(target)]) == 0
     assert SemanticIndex.from_json(target).collisions() == 0
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from gream_lit.data.catalog import DataError
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.indexing.build import BuildConfig, build_index
 from gream_lit.indexing.collisions import collision_rate, group_ranks, resolve_collisions
-from gream_lit.data.semantic_index import SemanticIndex
 
 CODES = np.array([[0, 1], [0, 1], [2, 3], [0, 1]])
 

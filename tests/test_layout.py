@@ -15,11 +15,16 @@ ROOT = Path(gream_lit.__file__).parent
 
 # a package may import its own modules and those of lower layers only
 LAYERS = {
-    "metrics": 0, "stats": 0, "tables": 0,
+    "metrics": 0,
+    "stats": 0,
+    "tables": 0,
     "data": 1,
     "modeling": 2,
     "inference": 3,
-    "indexing": 4, "alignment": 4, "baselines": 4, "rl": 4,
+    "indexing": 4,
+    "alignment": 4,
+    "baselines": 4,
+    "rl": 4,
     "curriculum": 5,
     "experiment": 6,
 }

@@ -74,9 +74,7 @@ def test_two_process_state_sum_equals_one_process():
 
 def test_ranking_metrics_keys_and_empty_and_bad_shapes():
     metrics = ranking_metrics((1, 5), prefix="sasrec/val/")
-    assert sorted(metrics.keys()) == sorted(
-        f"sasrec/val/{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (1, 5)
-    )
+    assert sorted(metrics.keys()) == sorted(f"sasrec/val/{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (1, 5))
     with pytest.warns(UserWarning, match="before the ``update``"):
         assert math.isnan(RecallAtK(5).compute().item())
     with pytest.raises(ValueError, match="k must be >= 1"):

@@ -52,8 +52,12 @@ class TinyRegressor(L.LightningModule):
     """A linear model that can start from the previous stage's weights and write its own."""
 
     def __init__(
-        self, init_path: str | None = None, out_path: str | None = None, lr: float = 0.05,
-        step_sleep: float = 0.0, log_prefix: str = "tiny",
+        self,
+        init_path: str | None = None,
+        out_path: str | None = None,
+        lr: float = 0.05,
+        step_sleep: float = 0.0,
+        log_prefix: str = "tiny",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -266,11 +270,18 @@ def test_trainer_pieces_parse_as_trainer_arguments(piece):
     [
         (lambda e: e.update(seed_everyting=7), r"unknown key 'seed_everyting' \(did you mean 'seed_everything'\?\)"),
         (lambda e: e.update(defualts={}), r"did you mean 'defaults'"),
-        (lambda e: e["stages"]["first"].update(trainr={}), r"stage 'first': unknown key 'trainr' \(did you mean 'trainer'\?\)"),
-        (lambda e: e["stages"]["second"]["model"]["init_args"].update(init_path="${prev.artifacts.weight}"),
-         r"stage 'second': \$\{prev.artifacts.weight\}: no earlier stage declares artifact 'weight'"),
-        (lambda e: e["stages"]["first"]["model"]["init_args"].update(init_path="${stages.second.artifacts.w}"),
-         r"must name an earlier stage"),
+        (
+            lambda e: e["stages"]["first"].update(trainr={}),
+            r"stage 'first': unknown key 'trainr' \(did you mean 'trainer'\?\)",
+        ),
+        (
+            lambda e: e["stages"]["second"]["model"]["init_args"].update(init_path="${prev.artifacts.weight}"),
+            r"stage 'second': \$\{prev.artifacts.weight\}: no earlier stage declares artifact 'weight'",
+        ),
+        (
+            lambda e: e["stages"]["first"]["model"]["init_args"].update(init_path="${stages.second.artifacts.w}"),
+            r"must name an earlier stage",
+        ),
     ],
 )
 def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit, message):

@@ -6,14 +6,14 @@ import json
 import urllib.error
 
 import pytest
+from test_readers import expected_sequences, write_dump
 
-from gream_lit.experiment.cli import main as cli_main
 from gream_lit.data import data_cli, preprocess
 from gream_lit.data.catalog import DataError
 from gream_lit.data.preprocess import build_catalog, dedup_earliest, k_core, numeric_id, order_sequences, write_lcrec
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.text import clean_text
-from test_readers import expected_sequences, write_dump
+from gream_lit.experiment.cli import main as cli_main
 
 
 @pytest.mark.parametrize(

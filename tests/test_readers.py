@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import shared_dataset
+
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.readers.amazon import find_dump_files, load_amazon
 from gream_lit.data.readers.movielens import movie_text, widedeep_dir
@@ -53,8 +53,13 @@ def write_dump(folder: Path, source: str) -> tuple[Path, Path]:
         reviews = [{"user_id": u, "parent_asin": i, "timestamp": ts, "rating": 5.0} for u, i, ts in events]
         ratings.write_text("".join(json.dumps(r) + "\n" for r in reviews))
         lines = [
-            {"parent_asin": i, "title": m["title"], "description": [m["description"], "more"], "store": "Acme",
-             "categories": ["Toys", "Dolls"]}
+            {
+                "parent_asin": i,
+                "title": m["title"],
+                "description": [m["description"], "more"],
+                "store": "Acme",
+                "categories": ["Toys", "Dolls"],
+            }
             for i, m in meta.items()
         ]
         meta_path = folder / "meta_Toys.jsonl.gz"

@@ -47,7 +47,9 @@ def trained(setup):
     model = tiny_causal_lm(len(tok), hidden_size=32, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     real = enc["input_ids"][0][enc["attention_mask"][0].bool()].tolist()
     prompt = real + tok(THINK, add_special_tokens=False)["input_ids"]
-    answer = tok(f"ok\n</think>\n\n<answer>{index.item_string(TARGET)}</answer><|im_end|>", add_special_tokens=False)["input_ids"]
+    answer = tok(f"ok\n</think>\n\n<answer>{index.item_string(TARGET)}</answer><|im_end|>", add_special_tokens=False)[
+        "input_ids"
+    ]
     ids, labels = torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
@@ -72,7 +74,9 @@ def test_options_reject_unknown_decoder():
 def test_random_model_answers_are_always_catalogue_items(setup):
     index, tok, model, enc = setup
     tables = build_prefix_tables(index_token_ids(index, tok), tok.eos_token_id)
-    result = reason_then_rank(model, tok, enc["input_ids"], enc["attention_mask"], tables, ReasoningOptions(max_new_tokens=6, num_beams=5))
+    result = reason_then_rank(
+        model, tok, enc["input_ids"], enc["attention_mask"], tables, ReasoningOptions(max_new_tokens=6, num_beams=5)
+    )
     assert result.items.shape == (2, 5)
     assert ((result.items >= 0) & (result.items < index.n_items)).all()
     assert all(len(set(row)) == 5 for row in result.items.tolist())  # distinct items, best first
@@ -86,7 +90,9 @@ def test_random_model_answers_are_always_catalogue_items(setup):
     for row in out.tolist():  # the guard reaches generate: no bigram repeats within a response
         row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
         assert len(list(zip(row, row[1:]))) == len(set(zip(row, row[1:])))
-    unguarded = reasoning._generate(model, tok, enc["input_ids"], enc["attention_mask"], ReasoningOptions(max_new_tokens=40), False, 1, stop=False)
+    unguarded = reasoning._generate(
+        model, tok, enc["input_ids"], enc["attention_mask"], ReasoningOptions(max_new_tokens=40), False, 1, stop=False
+    )
     assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in unguarded.tolist())  # a random model does repeat
 
 
@@ -99,7 +105,11 @@ def test_trained_model_reasons_then_answers(setup, trained):
     assert result.items[0, 0] == TARGET
     assert result.answered.all() and result.parsed.all()
     sampled = sample_and_rank(
-        model, tok, enc["input_ids"][:1], enc["attention_mask"][:1], index,
+        model,
+        tok,
+        enc["input_ids"][:1],
+        enc["attention_mask"][:1],
+        index,
         ReasoningOptions(decoder="sample_rank", n=3, temperature=0.1, max_new_tokens=n_answer + 4),
     )
     assert sampled.items[0].tolist() == [TARGET] * 3 and sampled.parsed.all()
@@ -116,13 +126,18 @@ def test_sample_and_rank_parses_ranks_by_logprob_and_counts_misses(setup, monkey
     width = max(map(len, rows))
     scripted = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
     monkeypatch.setattr(reasoning, "_generate", lambda *a, **k: scripted)
-    prompt = enc["input_ids"][:1][enc["attention_mask"][:1].bool()].tolist() + tok(THINK, add_special_tokens=False)["input_ids"]
+    prompt = (
+        enc["input_ids"][:1][enc["attention_mask"][:1].bool()].tolist()
+        + tok(THINK, add_special_tokens=False)["input_ids"]
+    )
     expected = []
     with torch.no_grad():
         for r in rows:
             logp = model(input_ids=torch.tensor([prompt + r])).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
             expected.append(logp.gather(1, torch.tensor(r)[:, None]).sum().item())
-    result = sample_and_rank(model, tok, enc["input_ids"][:1], enc["attention_mask"][:1], index, ReasoningOptions(decoder="sample_rank", n=3))
+    result = sample_and_rank(
+        model, tok, enc["input_ids"][:1], enc["attention_mask"][:1], index, ReasoningOptions(decoder="sample_rank", n=3)
+    )
     order = sorted(range(3), key=lambda i: -expected[i])
     assert result.items[0].tolist() == [[3, -1, 5][i] for i in order]
     assert result.scores[0].tolist() == pytest.approx([expected[i] for i in order], abs=1e-4)

@@ -10,13 +10,11 @@ import torch
 from transformers import GenerationConfig
 
 from gream_lit.data.catalog import DataError
-from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
-from gream_lit.rl.rl_data import RLDataModule
-from gream_lit.data.text_format import SYSTEM_PROMPT
 from gream_lit.data.semantic_index import SemanticIndex
-from gream_lit.rl.policy import load_policy
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT
 from gream_lit.inference.sampling import RolloutEngine, SamplingConfig, concat_rollouts
-
+from gream_lit.rl.policy import load_policy
+from gream_lit.rl.rl_data import RLDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,8 +125,10 @@ def test_compact_prompts_are_the_bare_id_text(data_dir: Path) -> None:
 
 def test_restricted_vocab_rollouts_stay_inside_and_score_over_it(policy) -> None:
     model, tokenizer = policy
-    vocab = torch.tensor(sorted(tokenizer.convert_tokens_to_ids([f"<|a_{i}|>" for i in range(1, 8)] + ["<|b_1|>"]))
-                         + [tokenizer.eos_token_id])
+    vocab = torch.tensor(
+        sorted(tokenizer.convert_tokens_to_ids([f"<|a_{i}|>" for i in range(1, 8)] + ["<|b_1|>"]))
+        + [tokenizer.eos_token_id]
+    )
     engine = RolloutEngine(tokenizer, vocab=vocab)
     torch.manual_seed(0)
     rollout = engine.generate(model, ["History:<|a_1|><|b_1|>"], SamplingConfig(n=8, max_new_tokens=3))

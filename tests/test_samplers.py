@@ -51,7 +51,9 @@ def test_sequential_blocks_pad_the_last_step_with_the_last_index_only():
 def test_sequential_sampler_matches_one_process_batches_step_by_step():
     data = list(range(23))
     single = list(DataLoader(data, batch_size=6))
-    ranks = [list(DataLoader(data, batch_size=3, sampler=SequentialDistributedSampler(data, 3, 2, r))) for r in range(2)]
+    ranks = [
+        list(DataLoader(data, batch_size=3, sampler=SequentialDistributedSampler(data, 3, 2, r))) for r in range(2)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == len(single)
     for step, batch in enumerate(single[:-1]):
         assert ranks[0][step].tolist() + ranks[1][step].tolist() == batch.tolist()
@@ -63,7 +65,10 @@ def test_batches_go_whole_to_ranks_with_the_short_one_last():
     batches = [[6], [0, 1], [2, 3], [4, 5], [7, 8]]
     ranks = [list(BatchesDistributedSampler(batches, 2, num_replicas=2, rank=r)) for r in range(2)]
     assert ranks == [[0, 1, 4, 5, 6], [2, 3, 7, 8, 0, 1]]
-    loaders = [[b.tolist() for b in DataLoader(range(9), batch_size=2, sampler=BatchesDistributedSampler(batches, 2, 2, r))] for r in range(2)]
+    loaders = [
+        [b.tolist() for b in DataLoader(range(9), batch_size=2, sampler=BatchesDistributedSampler(batches, 2, 2, r))]
+        for r in range(2)
+    ]
     assert loaders == [[[0, 1], [4, 5], [6]], [[2, 3], [7, 8], [0, 1]]]
     assert len(BatchesDistributedSampler(batches, 2, 2, 1)) == 6
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from gream_lit.experiment.cli import main
-from gream_lit.data.catalog import DataError
 from gream_lit.alignment.sft_data import AlignmentDataModule, label_index
-from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.alignment.sft_module import SFTModule, assistant_token_loss
+from gream_lit.data.catalog import DataError
+from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
 from gream_lit.modeling.tiny import save_tiny_backbone, tiny_causal_lm
 
 
@@ -65,8 +65,14 @@ def tiny_config(paths: dict[str, str]) -> dict:
         },
         "data": {
             "class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
-            "init_args": {**paths, "batch_size": 8, "eval_batch_size": 8, "val_users": 4, "max_eval_users": 6,
-                           "item2index_probe": 5},
+            "init_args": {
+                **paths,
+                "batch_size": 8,
+                "eval_batch_size": 8,
+                "val_users": 4,
+                "max_eval_users": 6,
+                "item2index_probe": 5,
+            },
         },
     }
 
@@ -188,15 +194,28 @@ def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path,
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert saved["state_dict"] and all("lora_" in k or "trainable_tokens_delta" in k for k in saved["state_dict"])
     assert len(saved["frozen_base"]["fingerprint"]) == 16
-    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run)]) == 0
+    assert (
+        main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run)]) == 0
+    )
     line = next(x for x in fit_out.splitlines() if x.startswith("sft/test/ndcg@10"))
     test_out = capsys.readouterr().out
     assert line in test_out  # same metrics from the slim checkpoint as after fit
     assert test_out.count("sft/test/ndcg@10 ") == 1  # Lightning's own table is off (--verbose false)
     other = save_tiny_backbone(tmp_path / "other", hidden_size=32, seed=1)
     with pytest.raises(ValueError, match="trained on a base model with fingerprint"):
-        main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--data.init_args.backbone", other,
-              "--trainer.default_root_dir", str(tmp_path / "other_run")])
+        main(
+            [
+                "test",
+                "--config",
+                str(config),
+                "--ckpt_path",
+                str(ckpt),
+                "--data.init_args.backbone",
+                other,
+                "--trainer.default_root_dir",
+                str(tmp_path / "other_run"),
+            ]
+        )
 
 
 def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
@@ -204,8 +223,22 @@ def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
     _, config, run = fit_tiny(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     out = tmp_path / "bf16"
-    assert main(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.init_args.test_dtype", "bfloat16",
-                 "--trainer.default_root_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--config",
+                str(config),
+                "--ckpt_path",
+                str(ckpt),
+                "--model.init_args.test_dtype",
+                "bfloat16",
+                "--trainer.default_root_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "sft/test/ndcg@10" in capsys.readouterr().out
     assert len((out / "test_per_user.jsonl").read_text().splitlines()) == 6
 
@@ -213,8 +246,12 @@ def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
 def test_a_monitor_of_another_stage_fails_before_training(tmp_path):
     paths = write_toy_dataset(tmp_path)
     cfg = tiny_config(paths)
-    cfg["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                    "init_args": {"monitor": "align/val/ndcg@10", "mode": "max"}}]
+    cfg["trainer"]["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"monitor": "align/val/ndcg@10", "mode": "max"},
+        }
+    ]
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"logs under 'sft/'"):
@@ -263,8 +300,24 @@ def test_a_slim_lora_checkpoint_resumes_training_with_its_optimizer_state(tmp_pa
     first = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert first["global_step"] == 3 and first["optimizer_states"][0]["state"]
     resumed = tmp_path / "resumed"
-    assert main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt),
-                 "--trainer.default_root_dir", str(resumed), "--test_after_fit", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.max_epochs",
+                "2",
+                "--ckpt_path",
+                str(ckpt),
+                "--trainer.default_root_dir",
+                str(resumed),
+                "--test_after_fit",
+                "false",
+            ]
+        )
+        == 0
+    )
     (second_ckpt,) = (resumed / "checkpoints").glob("*.ckpt")
     second = torch.load(second_ckpt, map_location="cpu", weights_only=True)
     assert second["global_step"] == 6 and second["epoch"] == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.baselines.seqrec_data import IGNORE, autoregressive_example, eval_dataset, left_pad, train_dataset
+from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.split import Sample, leave_one_out, train_sequences
 
 

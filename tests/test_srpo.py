@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from gream_lit.experiment.cli import main
-from gream_lit.rl.rl_data import RLDataModule
 from gream_lit.inference.sampling import RolloutEngine
+from gream_lit.rl.rl_data import RLDataModule
 from gream_lit.rl.srpo_module import SRPOModule
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -142,7 +142,17 @@ def test_cli_fit_logs_training_signals_and_exports(tmp_path: Path, data_dir: Pat
         acc.Reload()
         scalars |= set(acc.Tags()["scalars"])
         texts |= set(acc.Tags()["tensors"])
-    logged = ("reward", "exact", "format", "partial@1", "groups_kept", "response_length", "adv_mean", "kl", "clip_fraction")
+    logged = (
+        "reward",
+        "exact",
+        "format",
+        "partial@1",
+        "groups_kept",
+        "response_length",
+        "adv_mean",
+        "kl",
+        "clip_fraction",
+    )
     for key in logged:
         assert f"rl/train/{key}" in scalars, key
     assert {"rl/val/reward", "rl/val/recall@1", "rl/test/ndcg@5"} <= scalars
@@ -195,12 +205,25 @@ def test_lora_checkpoints_hold_only_trained_weights_and_restore_them(tmp_path: P
     assert saved["state_dict"].keys() == trained.keys()  # no frozen base weights
     assert "frozen_base" in saved and saved["optimizer_states"]
 
-    fresh = SRPOModule(backbone="tiny", tiny=TINY, mode="direct", lora=lora, rollout={"n": 8, "max_new_tokens": 3},
-                       val_sampling={"n": 2, "max_new_tokens": 3}, pass_k=2)
-    dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct",
-                      batch_size=4, max_val_prompts=4)
-    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-              limit_val_batches=1).validate(fresh, datamodule=dm, ckpt_path=str(path))
+    fresh = SRPOModule(
+        backbone="tiny",
+        tiny=TINY,
+        mode="direct",
+        lora=lora,
+        rollout={"n": 8, "max_new_tokens": 3},
+        val_sampling={"n": 2, "max_new_tokens": 3},
+        pass_k=2,
+    )
+    dm = RLDataModule(
+        data_dir=str(data_dir),
+        index_path=str(data_dir / "T.index.json"),
+        mode="direct",
+        batch_size=4,
+        max_val_prompts=4,
+    )
+    L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1
+    ).validate(fresh, datamodule=dm, ckpt_path=str(path))
     restored = fresh.state_dict()
     for key, value in trained.items():
         torch.testing.assert_close(restored[key], value, msg=key)
@@ -268,7 +291,9 @@ def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatc
 def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:
     """eval_decoding=beam tests with the exact constrained decoder: every ranked item is a real item."""
     module, _ = fit(data_dir, eval_decoding="beam", num_beams=2, ks=(1, 2))
-    dm = RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct", eval_batch_size=8)
+    dm = RLDataModule(
+        data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode="direct", eval_batch_size=8
+    )
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     results = trainer.test(module, datamodule=dm)[0]
     assert results["rl/test/recall@2"] == pytest.approx(1.0)  # two items, two beams: the target is always listed

@@ -19,7 +19,9 @@ def test_rank_metrics_by_hand():
     ranks = np.array([0, 1, 4, -1, 9, 10])
     assert stats.rank_metric(ranks, "recall@5").tolist() == [1, 1, 1, 0, 0, 0]
     assert stats.rank_metric(ranks, "recall@10").tolist() == [1, 1, 1, 0, 1, 0]
-    assert np.allclose(stats.rank_metric(ranks, "ndcg@10"), [1, 1 / math.log2(3), 1 / math.log2(6), 0, 1 / math.log2(11), 0])
+    assert np.allclose(
+        stats.rank_metric(ranks, "ndcg@10"), [1, 1 / math.log2(3), 1 / math.log2(6), 0, 1 / math.log2(11), 0]
+    )
     assert np.allclose(stats.rank_metric(ranks, "mrr@5"), [1, 0.5, 0.2, 0, 0, 0])
     with pytest.raises(ValueError, match="unknown per-user metric 'hit10'"):
         stats.rank_metric(ranks, "hit10")
@@ -76,8 +78,10 @@ def test_report_prints_intervals_and_paired_differences(tmp_path, capsys):
     printed = capsys.readouterr().out
     lines = [line for line in printed.splitlines() if line.startswith("| gream | align | 4 | recall@10")]
     # shared users a, b, c: recall 1, 1, 1 against 0, 1, 0 -> diff 2/3; d = [1, 0, 1] gives t = 2, df = 2
-    assert lines == [f"| gream | align | 4 | recall@10 | 1.0000 [1.0000, 1.0000] | 0.6667 [0.0000, 1.0000] on 3 "
-                     f"| {2 * sps.t.sf(2.0, df=2):.2g} |"]
+    assert lines == [
+        f"| gream | align | 4 | recall@10 | 1.0000 [1.0000, 1.0000] | 0.6667 [0.0000, 1.0000] on 3 "
+        f"| {2 * sps.t.sf(2.0, df=2):.2g} |"
+    ]
     assert (out / "intervals.csv").is_file() and (out / "intervals_recall_at_10.png").is_file()
     with pytest.raises(PipelineError, match="nothing is not a run directory"):
         main(["report", str(model), "--out", str(out), "--baseline", str(tmp_path / "nothing")])

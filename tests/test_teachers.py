@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gream_lit.data.catalog import Catalog
 from gream_lit.alignment.tasks import load_side_info
+from gream_lit.curriculum.cot import missing_steps, strip_step4
 from gream_lit.curriculum.teachers import (
     CachedTeacher,
     HFTeacher,
@@ -21,8 +21,8 @@ from gream_lit.curriculum.teachers import (
     build_teacher,
     build_user_side_info,
 )
-from gream_lit.curriculum.cot import missing_steps, strip_step4
 from gream_lit.curriculum.teachers.prompts import COT_STEP_HEADERS, cot_messages, parse_item_blocks
+from gream_lit.data.catalog import Catalog
 from gream_lit.modeling.tiny import tiny_causal_lm
 
 
@@ -31,8 +31,16 @@ def tiny_catalog() -> Catalog:
     items = [
         {"title": f"{w} model {i}", "brand": b, "categories": cats[i % 4], "description": f"about {w}"}
         for i, (w, b) in enumerate(
-            [("steel staple", "Acme"), ("wood screw", "Acme"), ("pla filament", "Hatch"), ("brass nozzle", "Hatch"),
-             ("narrow staple", "Bolt"), ("deck screw", "Bolt"), ("petg filament", "Hatch"), ("steel nozzle", "Acme")]
+            [
+                ("steel staple", "Acme"),
+                ("wood screw", "Acme"),
+                ("pla filament", "Hatch"),
+                ("brass nozzle", "Hatch"),
+                ("narrow staple", "Bolt"),
+                ("deck screw", "Bolt"),
+                ("petg filament", "Hatch"),
+                ("steel nozzle", "Acme"),
+            ]
         )
     ]
     seqs = [[0, 1, 4, 5, 2, 3, 6, 7], [2, 3, 6, 7, 0, 1], [1, 5, 0]]

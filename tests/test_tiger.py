@@ -11,10 +11,10 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gream_lit.baselines.tiger import Tiger
-from gream_lit.experiment.cli import main
-from gream_lit.experiment.lightning_cli import GreamCLI, explicit_model_keys
 from gream_lit.baselines.tiger_data import EOS, PAD, TigerDataModule, TigerVocab, collate
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.lightning_cli import GreamCLI, explicit_model_keys
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables
 
@@ -59,8 +59,17 @@ def test_user_hash_is_stable() -> None:
 @torch.no_grad()
 def test_encoder_decoder_beam_equals_exact_ranking() -> None:
     torch.manual_seed(0)
-    config = T5Config(vocab_size=20, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-                      pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD)
+    config = T5Config(
+        vocab_size=20,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_heads=4,
+        num_layers=2,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        decoder_start_token_id=PAD,
+    )
     model = T5ForConditionalGeneration(config).eval()
     ids = torch.tensor([[2, 5, -1], [2, 6, -1], [3, 5, -1], [4, 7, 8], [4, 7, 9], [2, 5, 9]])
     paths = torch.where(ids >= 0, ids, torch.full_like(ids, EOS))
@@ -83,14 +92,15 @@ def tiny_tiger_yaml(folder: Path) -> str:
   init_args: {{d_model: 16, d_ff: 32, d_kv: 8, heads: 2, layers: 1, warmup_steps: 1}}
 data:
   class_path: gream_lit.baselines.tiger_data.TigerDataModule
-  init_args: {{index_path: {folder / 'Toy.index.json'}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
+  init_args: {{index_path: {folder / "Toy.index.json"}, data_dir: {folder}, user_buckets: 4, batch_size: 16}}
 """
 
 
 def test_cli_fit_test_predict(tmp_path: Path, capsys) -> None:
     folder = write_catalog(tmp_path / "toy")
     config = tmp_path / "tiger.yaml"
-    config.write_text("""
+    config.write_text(
+        """
 seed_everything: 1
 trainer:
   max_epochs: 2
@@ -99,7 +109,9 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {monitor: tiger/val/ndcg@10, mode: max}
-""" + tiny_tiger_yaml(folder))
+"""
+        + tiny_tiger_yaml(folder)
+    )
     root = tmp_path / "run"
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)]) == 0
     out = capsys.readouterr().out
@@ -111,10 +123,22 @@ trainer:
     restored = Tiger.load_from_checkpoint(ckpt)
     assert restored.item_token_ids[11].tolist() == [2, 5, 10]
     preds = tmp_path / "preds.jsonl"
-    assert main(["predict", "--config", str(config), "--ckpt_path", str(ckpt),
-                 "--trainer.default_root_dir", str(root),
-                 "--trainer.callbacks+=gream_lit.inference.PredictionWriter",
-                 f"--trainer.callbacks.path={preds}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--config",
+                str(config),
+                "--ckpt_path",
+                str(ckpt),
+                "--trainer.default_root_dir",
+                str(root),
+                "--trainer.callbacks+=gream_lit.inference.PredictionWriter",
+                f"--trainer.callbacks.path={preds}",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(lines) == 30
     assert len(lines[0]["items"]) == 10 and lines[0]["titles"][0] == f"item {lines[0]['items'][0]}"
@@ -130,11 +154,17 @@ def test_command_line_model_flags_beat_checkpoint_hparams(tmp_path: Path, monkey
         f"trainer: {{max_steps: 1, logger: false, enable_progress_bar: false, default_root_dir: {tmp_path / 'run'}}}\n"
         + tiny_tiger_yaml(folder)
     )
-    assert main(["fit", "--config", str(config), "--model.init_args.warmup_steps", "3", "--test_after_fit", "false"]) == 0
+    assert (
+        main(["fit", "--config", str(config), "--model.init_args.warmup_steps", "3", "--test_after_fit", "false"]) == 0
+    )
     ckpt = str(next((tmp_path / "run").rglob("*.ckpt")))
     base = ["validate", "--config", str(config), "--ckpt_path", ckpt]
-    assert GreamCLI(args=base, save_config_kwargs={"overwrite": True}).model.hparams.warmup_steps == 3  # from the checkpoint
+    assert (
+        GreamCLI(args=base, save_config_kwargs={"overwrite": True}).model.hparams.warmup_steps == 3
+    )  # from the checkpoint
     for flag in (["--model.init_args.warmup_steps", "7"], ["--model.warmup_steps=7"]):
         assert GreamCLI(args=base + flag, save_config_kwargs={"overwrite": True}).model.hparams.warmup_steps == 7
     assert explicit_model_keys(["--model.init_args.reasoning.n", "3", "--data.x", "--model.lr=1"]) == [
-        "model.init_args.reasoning.n", "model.init_args.lr"]
+        "model.init_args.reasoning.n",
+        "model.init_args.lr",
+    ]

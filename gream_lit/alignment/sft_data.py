@@ -16,17 +16,17 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
+from gream_lit.alignment.tasks.builders import clean_title
 from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
-from gream_lit.data.padding import pad
 from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt
+from gream_lit.data.padding import pad
 from gream_lit.data.samplers import BatchesDistributedSampler
-from gream_lit.data.split import Sample, train_sequences
-from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
-from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
-from gream_lit.alignment.tasks.builders import clean_title
-from gream_lit.data.templates import ITEM2INDEX
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import Sample, train_sequences
+from gream_lit.data.templates import ITEM2INDEX
+from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
 from gream_lit.modeling.backbone import DEFAULT_BACKBONE, load_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens, require_index_tokens
 
@@ -45,7 +45,9 @@ def answer_text(tokenizer, response: str) -> str:
     suffix = full[len(prompt) :]
     end = suffix.rfind(tokenizer.eos_token)
     if end < 0:
-        raise ValueError(f"{tokenizer.name_or_path}: chat template does not end the answer with {tokenizer.eos_token!r}")
+        raise ValueError(
+            f"{tokenizer.name_or_path}: chat template does not end the answer with {tokenizer.eos_token!r}"
+        )
     return suffix[: end + len(tokenizer.eos_token)]
 
 
@@ -233,7 +235,11 @@ class AlignmentDataModule(CatalogDataModule):
         if spec.data_samples:
             sequences = random.Random(self.seed).sample(sequences, min(spec.data_samples, len(sequences)))
         prefix, rows = self._compact_prefix(), self.item_rows()
-        return [compact.dense_row(prefix, seq, rows, self.max_length) for _ in range(spec.prompt_samples) for seq in sequences]
+        return [
+            compact.dense_row(prefix, seq, rows, self.max_length)
+            for _ in range(spec.prompt_samples)
+            for seq in sequences
+        ]
 
     def build_datasets(self, stage: str | None) -> None:
         self._prepare_vocab()

@@ -19,8 +19,8 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 from gream_lit.alignment.sft_data import label_index as flat_label_index
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
-from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, id_vocab, index_token_ids
+from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import load_causal_lm, resolve
@@ -212,7 +212,12 @@ class SFTModule(L.LightningModule):
             self.tables = self.tables.to(self.device)
         vocab = None if self.vocab is None else self.vocab.to(self.device)
         result = constrained_beam_search(
-            self._search[0] if self._search else self.model, batch["input_ids"], batch["attention_mask"], self.tables, self.hparams.num_beams, vocab
+            self._search[0] if self._search else self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.tables,
+            self.hparams.num_beams,
+            vocab,
         )
         return result.items
 
@@ -304,8 +309,15 @@ class SFTModule(L.LightningModule):
         dm = self.trainer.datamodule
         if hasattr(dm, "direct_prompt"):
             for folder in folders:
-                write_bundle(folder, dm.index, dm.catalog.item_ids, dm.direct_prompt(), self.hparams.logits_vocab,
-                             self.hparams.num_beams, self.hparams.stage)
+                write_bundle(
+                    folder,
+                    dm.index,
+                    dm.catalog.item_ids,
+                    dm.direct_prompt(),
+                    self.hparams.logits_vocab,
+                    self.hparams.num_beams,
+                    self.hparams.stage,
+                )
         return out
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

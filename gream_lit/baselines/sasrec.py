@@ -72,8 +72,13 @@ class SASRec(FullRankingModule):
         self.pos_emb = nn.Embedding(max_len, h.hidden)
         self.emb_dropout = nn.Dropout(h.dropout)
         block = nn.TransformerEncoderLayer(
-            h.hidden, h.heads, dim_feedforward=h.hidden, dropout=h.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
+            h.hidden,
+            h.heads,
+            dim_feedforward=h.hidden,
+            dropout=h.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(block, h.layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(h.hidden)

@@ -12,8 +12,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gream_lit.baselines.ranking import FullRankingModule
-from gream_lit.data.catalog import DataError
 from gream_lit.baselines.tiger_data import EOS, PAD
+from gream_lit.data.catalog import DataError
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables, build_prefix_tables
 

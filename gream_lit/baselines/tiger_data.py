@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
-from gream_lit.data.split import Sample
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import Sample
 
 PAD, EOS, FIRST_CODE = 0, 1, 2
 
@@ -137,7 +137,9 @@ class TigerDataModule(CatalogDataModule):
             self.test_set = self._dataset(self.eval_samples("test"))
 
     def _loader(self, dataset: TigerDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -21,11 +21,15 @@ import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
+from gream_lit.curriculum.teachers.base import Teacher
+from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
+from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, cot_messages
 from gream_lit.data.catalog import Catalog, DataError
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
 from gream_lit.data.text_format import (
     ANSWER_INTRO,
@@ -35,10 +39,6 @@ from gream_lit.data.text_format import (
     REWRITE_INTRO,
     TaskSample,
 )
-from gream_lit.curriculum.teachers.base import Teacher
-from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
-from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, cot_messages
-from gream_lit.data.semantic_index import SemanticIndex
 
 log = logging.getLogger(__name__)
 
@@ -387,8 +387,8 @@ def _teacher_kwargs(pairs: Sequence[str]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gream_lit teacher {cot,side-info} --data DIR ...``"""
-    from gream_lit.data.readers import load_catalog
     from gream_lit.curriculum.teachers import build_teacher, build_user_side_info
+    from gream_lit.data.readers import load_catalog
 
     p = argparse.ArgumentParser(prog="gream_lit teacher", description="teacher-written data (spec §3, §5.2)")
     p.add_argument("what", choices=("cot", "side-info"))

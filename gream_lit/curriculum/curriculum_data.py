@@ -15,15 +15,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
-from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT
-from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
-from gream_lit.data.direct_prompt import DirectPrompt
-from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
-from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
+from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
+from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
 from gream_lit.curriculum.teachers import build_teacher
+from gream_lit.data.direct_prompt import DirectPrompt
+from gream_lit.data.samplers import SequentialDistributedSampler
+from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT, TaskSample
 
 log = logging.getLogger(__name__)
 EVAL_MODES = ("direct", "reasoning")
@@ -100,8 +99,14 @@ class CurriculumDataModule(AlignmentDataModule):
             raise ValueError(f"teacher: unknown keys {sorted(spec)}; expected kind, cache, args")
         teacher = build_teacher(kind, self.catalog, cache, **args)
         samples, stats = build_cot_dataset(
-            self.catalog, self.index, teacher, out=self.cot_out, max_samples=self.cot_max_samples,
-            max_history=self.max_history, seed=self.seed, rewrite=self.cot_rewrite,
+            self.catalog,
+            self.index,
+            teacher,
+            out=self.cot_out,
+            max_samples=self.cot_max_samples,
+            max_history=self.max_history,
+            seed=self.seed,
+            rewrite=self.cot_rewrite,
         )
         log.info("generated %d CoT samples with the %s teacher; dropped %s", len(samples), kind, stats.dropped)
         if not samples:
@@ -125,13 +130,21 @@ class CurriculumDataModule(AlignmentDataModule):
             if enc is not None:
                 rows.append({**enc, "kind": kind})
         if len(rows) < len(samples):
-            log.warning("dropped %d of %d %s samples longer than max_length=%d", len(samples) - len(rows), len(samples), kind, self.max_length)
+            log.warning(
+                "dropped %d of %d %s samples longer than max_length=%d",
+                len(samples) - len(rows),
+                len(samples),
+                kind,
+                self.max_length,
+            )
         return rows
 
     def _build_stream(self) -> None:
         side = load_side_info(self.side_info_path, self.catalog) if self.side_info_path else {}
         ctx = TaskContext(self.catalog, self._sids(), self.split.train, side, self.max_history)
-        align = self._encode(build_alignment_samples(ctx, self.task_specs, self.seed, self.passes), SYSTEM_PROMPT, "align")
+        align = self._encode(
+            build_alignment_samples(ctx, self.task_specs, self.seed, self.passes), SYSTEM_PROMPT, "align"
+        )
         if self.task_specs["seqdense"].enabled:
             align += [{**row, "kind": "align"} for row in self.dense_rows()]
         reason = self._encode(self._cot_samples(), None, "cot") if self.cot else []
@@ -182,5 +195,9 @@ class CurriculumDataModule(AlignmentDataModule):
         """The stream in curriculum order: no shuffle, no length bucketing."""
         sampler = SequentialDistributedSampler(self.train_data, self.batch_size)
         return DataLoader(
-            self.train_data, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate_train, num_workers=self.num_workers
+            self.train_data,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=self._collate_train,
+            num_workers=self.num_workers,
         )

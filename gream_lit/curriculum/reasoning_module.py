@@ -60,10 +60,14 @@ class ReasoningSFTModule(SFTModule):
             if self._lookup is None:
                 self._lookup = sid_lookup(self.trainer.datamodule.index)
             index = self.trainer.datamodule.index
-            return sample_and_rank(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], index, opts, self._lookup)
+            return sample_and_rank(
+                self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], index, opts, self._lookup
+            )
         if self.tables.tokens[0].device != self.device:
             self.tables = self.tables.to(self.device)
-        return reason_then_rank(self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.tables, opts)
+        return reason_then_rank(
+            self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.tables, opts
+        )
 
     def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> dict:
         if not self._reasoning_on(dataloader_idx):
@@ -83,7 +87,9 @@ class ReasoningSFTModule(SFTModule):
             if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
                 for k, text in enumerate(texts):
                     # markdown would eat the <think>/<answer> tags; a code block shows them verbatim
-                    logger.experiment.add_text(f"{self.hparams.stage}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step)
+                    logger.experiment.add_text(
+                        f"{self.hparams.stage}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step
+                    )
 
     def _log_rates(self, split: str) -> None:
         rates = [("parse_rate", self.parse_rates[split]), ("answer_rate", self.answer_rates[split])]

@@ -21,8 +21,9 @@ never half alignment, half reasoning.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 SCHEDULES = ("official", "staged", "none")

@@ -1,8 +1,8 @@
 """``python -m gream_lit data``: convert raw dumps to LC-Rec json, print statistics, download dumps.
 
-    data prepare  --source amazon18 (--ratings F --meta F | --raw DIR) --out DIR --name X [--k 5]
-    data stats    --path DIR --format lcrec
-    data download --source amazon18 --category Industrial_and_Scientific --out DIR
+data prepare  --source amazon18 (--ratings F --meta F | --raw DIR) --out DIR --name X [--k 5]
+data stats    --path DIR --format lcrec
+data download --source amazon18 --category Industrial_and_Scientific --out DIR
 """
 
 from __future__ import annotations

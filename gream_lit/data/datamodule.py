@@ -54,7 +54,9 @@ class CatalogDataModule(L.LightningDataModule):
             if value < 1:
                 raise DataError(f"{type(self).__name__}: {name} must be at least 1, got {value}")
         if max_eval_users < 0 or num_workers < 0:
-            raise DataError(f"{type(self).__name__}: max_eval_users and num_workers must be >= 0 (0 = all users / no workers)")
+            raise DataError(
+                f"{type(self).__name__}: max_eval_users and num_workers must be >= 0 (0 = all users / no workers)"
+            )
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.format = format

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from gream_lit.data import compact_format as compact
-from gream_lit.data.text_format import TaskSample
-from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
+from gream_lit.data.text_format import TaskSample
 
 PROMPT_FORMATS = ("chat", "compact")
 
@@ -61,7 +61,9 @@ class DirectPrompt:
         if self.format not in PROMPT_FORMATS:
             raise ValueError(f"prompt format {self.format!r}; expected one of {PROMPT_FORMATS}")
 
-    def encode(self, tokenizer, index: SemanticIndex, history: Sequence[int], rows: list[list[int]] | None = None) -> list[int]:
+    def encode(
+        self, tokenizer, index: SemanticIndex, history: Sequence[int], rows: list[list[int]] | None = None
+    ) -> list[int]:
         """Prompt ids for ``history`` (catalogue positions, oldest first); ``rows`` caches
         ``compact_format.item_rows`` across calls."""
         if not history:

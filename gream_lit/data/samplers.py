@@ -53,7 +53,9 @@ class UnrepeatedDistributedSampler(DistributedSampler):
         return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
-def sequential_block_indices(n: int, batch_size: int, num_replicas: int, rank: int, drop_last: bool = False) -> list[int]:
+def sequential_block_indices(
+    n: int, batch_size: int, num_replicas: int, rank: int, drop_last: bool = False
+) -> list[int]:
     """Indices of rank ``rank`` under ``SequentialDistributedSampler`` (see the module docstring).
 
     A last block shorter than ``num_replicas * batch_size`` is split into equal contiguous slices of
@@ -117,7 +119,11 @@ class BatchesDistributedSampler(DistributedSampler):
     """
 
     def __init__(
-        self, batch_sampler: Iterable[list[int]], batch_size: int, num_replicas: int | None = None, rank: int | None = None
+        self,
+        batch_sampler: Iterable[list[int]],
+        batch_size: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         num_replicas, rank = _world(num_replicas, rank)
         self.batch_sampler, self.batch_size = batch_sampler, batch_size

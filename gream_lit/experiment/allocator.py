@@ -42,6 +42,8 @@ def fix_mmap_threshold(threshold: int | None = None) -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     if not mallopt(M_MMAP_THRESHOLD, threshold):
-        log.warning("mallopt(M_MMAP_THRESHOLD, %d) refused; heap memory may stay resident after long batches", threshold)
+        log.warning(
+            "mallopt(M_MMAP_THRESHOLD, %d) refused; heap memory may stay resident after long batches", threshold
+        )
         return False
     return True

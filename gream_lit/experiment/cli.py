@@ -21,8 +21,14 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("gream_lit.data.data_cli", "convert raw datasets to the catalog format, print statistics, download"),
     "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
     "sweep": ("gream_lit.experiment.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
-    "report": ("gream_lit.experiment.report", "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams"),
-    "teacher": ("gream_lit.curriculum.cot", "teacher-written data: chain-of-thought samples (cot), user side info (side-info)"),
+    "report": (
+        "gream_lit.experiment.report",
+        "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams",
+    ),
+    "teacher": (
+        "gream_lit.curriculum.cot",
+        "teacher-written data: chain-of-thought samples (cot), user side info (side-info)",
+    ),
 }
 
 

@@ -71,7 +71,11 @@ class GreamCLI(LightningCLI):
     def after_fit(self) -> None:
         print_metric_table(self.trainer.callback_metrics, title="fit: last validation")
         if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            ckpt = (
+                "best"
+                if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
+                else None
+            )
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
             print_metric_table(results[0] if results else {}, title=f"test ({ckpt or 'last'} checkpoint)")
 

@@ -76,4 +76,3 @@ def read_per_user(path: str | Path) -> dict[str, int]:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}:{line_no}: not a per-user result row ({err})") from err
     return out
-

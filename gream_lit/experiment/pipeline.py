@@ -50,8 +50,9 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.experiment.lightning_cli import GreamCLI
+from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
+from gream_lit.experiment.per_user import read_per_user
 from gream_lit.inference.bundle import add_metrics
-from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE, read_per_user
 from gream_lit.tables import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,17 @@ log = logging.getLogger(__name__)
 PIPELINE_KEYS = ("artifacts",)
 EXPERIMENT_KEYS = ("name", "seed_everything", "defaults", "stages", "sweep")  # sweep: read by `sweep`
 # a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
-STAGE_KEYS = ("model", "data", "trainer", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler",
-              "test_after_fit", *PIPELINE_KEYS)
+STAGE_KEYS = (
+    "model",
+    "data",
+    "trainer",
+    "seed_everything",
+    "ckpt_path",
+    "optimizer",
+    "lr_scheduler",
+    "test_after_fit",
+    *PIPELINE_KEYS,
+)
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
@@ -170,8 +180,10 @@ def load_experiment(
 def _unknown_keys(keys, allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(keys) - set(allowed))
     if unknown:
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else repr(k)
-                 for k in unknown]
+        hints = [
+            f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else repr(k)
+            for k in unknown
+        ]
         raise PipelineError(f"{where}: unknown key {', '.join(hints)}; allowed: {', '.join(allowed)}")
 
 
@@ -200,7 +212,9 @@ def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
                 continue
             if parts[0] == "stages":
                 if len(parts) < 3 or parts[1] not in earlier:
-                    raise PipelineError(f"{path}: stage {name!r}: ${{{ref}}} must name an earlier stage ({', '.join(earlier) or 'none'})")
+                    raise PipelineError(
+                        f"{path}: stage {name!r}: ${{{ref}}} must name an earlier stage ({', '.join(earlier) or 'none'})"
+                    )
                 sources, path_parts = [parts[1]], parts[2:]
             else:
                 if not earlier:
@@ -532,7 +546,9 @@ def run_lock(root: Path) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise PipelineError(f"{root} is in use by {holder}; wait for it to finish or use another --run_dir") from None
+            raise PipelineError(
+                f"{root} is in use by {holder}; wait for it to finish or use another --run_dir"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -645,7 +661,9 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
         rank_zero_only(print_metric_table)(metrics, title=f"{command}: stage {stage}")
     if command != "validate" and len(results) > 1:
         rows = [(stage, metrics, _tested_users(run.stage_dir(stage))) for stage, metrics in results.items()]
-        rank_zero_only(print)(f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True)
+        rank_zero_only(print)(
+            f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True
+        )
     return 0
 
 

@@ -137,7 +137,9 @@ def to_markdown(table: pd.DataFrame, metrics: Sequence[str]) -> str:
         for m in metrics:
             mean, std = row[m], row[f"{m}_std"]
             seeds = f" ({row[f'{m}_values']})" if row["runs"] > 1 else ""
-            cells.append("-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}{seeds}" if row["runs"] > 1 else f"{mean:.4f}")
+            cells.append(
+                "-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}{seeds}" if row["runs"] > 1 else f"{mean:.4f}"
+            )
         lines.append(f"| {row['experiment']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -163,8 +165,14 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, y
 def plot_metrics(table: pd.DataFrame, metrics: Sequence[str], out: Path) -> list[Path]:
     """One bar chart per metric, experiments side by side, error bars = std over seeds."""
     return [
-        bar_chart(table["experiment"], table[m], table[f"{m}_std"], m, m.rsplit("/", 1)[-1],
-                  out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', m)}.png")
+        bar_chart(
+            table["experiment"],
+            table[m],
+            table[f"{m}_std"],
+            m,
+            m.rsplit("/", 1)[-1],
+            out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', m)}.png",
+        )
         for m in metrics
     ]
 
@@ -182,7 +190,11 @@ def log_hparams(runs: Sequence[Run], out: Path) -> None:
 def per_user_ranks(run_dir: Path, stage: str) -> dict[str, int] | None:
     """A stage's per-user target ranks (all ranks' files of a multi-process test merged), or None."""
     stage_dir = run_dir / stage
-    files = [stage_dir / FILE_NAME] if (stage_dir / FILE_NAME).is_file() else sorted(stage_dir.glob("test_per_user.rank*.jsonl"))
+    files = (
+        [stage_dir / FILE_NAME]
+        if (stage_dir / FILE_NAME).is_file()
+        else sorted(stage_dir.glob("test_per_user.rank*.jsonl"))
+    )
     if not files:
         return None
     ranks: dict[str, int] = {}
@@ -202,8 +214,10 @@ def parse_baseline(spec: str) -> tuple[str, dict[str, int]]:
         raise PipelineError(f"--baseline {spec}: {run_dir / stage / FILE_NAME} does not exist; test that stage first")
     found = {s: ranks for s, ranks in found.items() if ranks is not None}
     if len(found) != 1:
-        raise PipelineError(f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {list(found)}")
-    (name, ranks), = found.items()
+        raise PipelineError(
+            f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {list(found)}"
+        )
+    ((name, ranks),) = found.items()
     return f"{run_dir.name}/{name}", ranks
 
 
@@ -224,16 +238,32 @@ def interval_rows(
             values = np.array([ranks[u] for u in users])
             for metric in metrics:
                 ci = stats.bootstrap_interval(stats.rank_metric(values, metric), n_boot=n_boot)
-                row = {"experiment": run.experiment, "run": run.path.name, "stage": stage, "metric": metric,
-                       "users": ci.n, "mean": ci.mean, "low": ci.low, "high": ci.high}
+                row = {
+                    "experiment": run.experiment,
+                    "run": run.path.name,
+                    "stage": stage,
+                    "metric": metric,
+                    "users": ci.n,
+                    "mean": ci.mean,
+                    "low": ci.low,
+                    "high": ci.high,
+                }
                 if baseline is not None:
                     shared, a, b = stats.align(ranks, baseline[1])
                     if len(shared) >= 2:
                         cmp = stats.paired_comparison(
                             stats.rank_metric(a, metric), stats.rank_metric(b, metric), n_boot=n_boot
                         )
-                        row.update({"baseline": baseline[0], "paired_users": len(shared), "diff": cmp.diff.mean,
-                                    "diff_low": cmp.diff.low, "diff_high": cmp.diff.high, "p_value": cmp.p_value})
+                        row.update(
+                            {
+                                "baseline": baseline[0],
+                                "paired_users": len(shared),
+                                "diff": cmp.diff.mean,
+                                "diff_low": cmp.diff.low,
+                                "diff_high": cmp.diff.high,
+                                "p_value": cmp.p_value,
+                            }
+                        )
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -245,16 +275,26 @@ def intervals_markdown(table: pd.DataFrame) -> str:
     head += " vs baseline: diff [95% CI] | p |" if has_base else ""
     lines = [head, "|---|---|---:|---|---|" + ("---|---:|" if has_base else "")]
     for _, r in table.iterrows():
-        cells = [r["experiment"], r["stage"], str(r["users"]), r["metric"],
-                 f"{stats.fmt(r['mean'])} [{stats.fmt(r['low'])}, {stats.fmt(r['high'])}]"]
+        cells = [
+            r["experiment"],
+            r["stage"],
+            str(r["users"]),
+            r["metric"],
+            f"{stats.fmt(r['mean'])} [{stats.fmt(r['low'])}, {stats.fmt(r['high'])}]",
+        ]
         if has_base:
             if isinstance(r.get("baseline"), str):
-                cells += [f"{stats.fmt(r['diff'])} [{stats.fmt(r['diff_low'])}, {stats.fmt(r['diff_high'])}] "
-                          f"on {r['paired_users']}", f"{r['p_value']:.2g}"]
+                cells += [
+                    f"{stats.fmt(r['diff'])} [{stats.fmt(r['diff_low'])}, {stats.fmt(r['diff_high'])}] "
+                    f"on {r['paired_users']}",
+                    f"{r['p_value']:.2g}",
+                ]
             else:
                 cells += ["no shared users", "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    note = f"\nBaseline: {table['baseline'].dropna().iloc[0]}.\n" if has_base and table["baseline"].notna().any() else ""
+    note = (
+        f"\nBaseline: {table['baseline'].dropna().iloc[0]}.\n" if has_base and table["baseline"].notna().any() else ""
+    )
     return "\n".join(lines) + "\n" + note
 
 
@@ -265,7 +305,9 @@ def plot_intervals(table: pd.DataFrame, out: Path) -> list[Path]:
         labels = [f"{e}/{s}" for e, s in zip(part["experiment"], part["stage"])]
         err = np.vstack([part["mean"] - part["low"], part["high"] - part["mean"]])
         title = f"{metric}, 95% bootstrap interval over users"
-        paths.append(bar_chart(labels, part["mean"], err, title, metric, out / f"intervals_{metric.replace('@', '_at_')}.png"))
+        paths.append(
+            bar_chart(labels, part["mean"], err, title, metric, out / f"intervals_{metric.replace('@', '_at_')}.png")
+        )
     return paths
 
 

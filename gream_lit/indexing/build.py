@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate, resolve_collisions
 from gream_lit.indexing.embed import check_embeddings
 from gream_lit.indexing.kmeans import residual_kmeans
-from gream_lit.data.semantic_index import SemanticIndex
 
 METHODS = ("rqkmeans", "balanced_rqkmeans")
 
@@ -52,7 +52,12 @@ def finalize_index(
 ) -> SemanticIndex:
     """Resolve collisions and wrap the codes; shared by the k-means builders and the RQ-VAE module."""
     final, sizes = resolve_collisions(codes, codebook_sizes, collision, last_cost)
-    meta = {**meta, "collision": collision, "base_levels": codes.shape[1], "collision_rate_before": collision_rate(codes)}
+    meta = {
+        **meta,
+        "collision": collision,
+        "base_levels": codes.shape[1],
+        "collision_rate_before": collision_rate(codes),
+    }
     return SemanticIndex(final, sizes, style=style, meta=meta)
 
 

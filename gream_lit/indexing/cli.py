@@ -81,8 +81,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gream_lit.indexing.quality_report import index_report, print_report, write_report
     from gream_lit.data.semantic_index import SemanticIndex
+    from gream_lit.indexing.quality_report import index_report, print_report, write_report
 
     catalog = load_catalog(args.data, args.format)
     index = SemanticIndex.from_json(args.index, n_items=catalog.n_items)

@@ -54,7 +54,7 @@ def reassign_last_level(codes: np.ndarray, last_cost: np.ndarray) -> np.ndarray:
     if last_cost.shape[0] != codes.shape[0]:
         raise DataError(f"last-level costs cover {last_cost.shape[0]} items but there are {codes.shape[0]}")
     used: dict[tuple[int, ...], set[int]] = {}
-    for i, row in enumerate(codes):
+    for row in codes:
         used.setdefault(tuple(row[:-1].tolist()), set()).add(int(row[-1]))
     ranks, group = group_ranks(codes)
     colliding = np.flatnonzero(group > 1)

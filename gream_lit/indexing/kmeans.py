@@ -269,7 +269,9 @@ def kmeans(
             it += extra
         final_d = sq_dists(x, centroids)
         if balanced:
-            labels, _ = balanced_assign(final_d, prices, sinkhorn_iters=3 if prices is not None else 30, refine_rounds=50)
+            labels, _ = balanced_assign(
+                final_d, prices, sinkhorn_iters=3 if prices is not None else 30, refine_rounds=50
+            )
         else:
             labels = final_d.argmin(1)
         inertia = float(final_d.gather(1, labels[:, None]).mean())
@@ -320,6 +322,11 @@ def residual_kmeans(
         seconds.append(time.perf_counter() - start)
         log.info(
             "level %d/%d: K=%d, %d iterations, residual %.5f, %.1fs",
-            level + 1, levels, k, res.iterations, errors[-1], seconds[-1],
+            level + 1,
+            levels,
+            k,
+            res.iterations,
+            errors[-1],
+            seconds[-1],
         )
     return ResidualQuantization(np.stack(codes, 1), cents, errors, last_cost, balanced, {"level_seconds": seconds})

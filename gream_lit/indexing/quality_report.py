@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from gream_lit.data.catalog import Catalog
-from gream_lit.indexing.collisions import collision_rate
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.indexing.collisions import collision_rate
 from gream_lit.tables import format_metric_table
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import lightning as L
 
+from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.indexing.build import BuildConfig, build_index
 from gream_lit.indexing.quality_report import index_report
-from gream_lit.data.semantic_index import SemanticIndex
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class RQKMeansIndex(L.LightningModule):
         path = Path(self.hparams.output_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         result.index.to_json(path)
-        log.info("%s index of %d items -> %s (%.1f s)", self.build_config.method, result.index.n_items, path, result.seconds)
+        log.info(
+            "%s index of %d items -> %s (%.1f s)", self.build_config.method, result.index.n_items, path, result.seconds
+        )
 
     def test_step(self, batch, batch_idx: int) -> None:
         """The report reads the written index, not the batches; the test loop only has to run."""

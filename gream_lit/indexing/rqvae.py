@@ -51,7 +51,9 @@ class ItemEmbeddingDataModule(CatalogDataModule):
         eval_batch_size: int = 4096,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(data_dir, format, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers)
+        super().__init__(
+            data_dir, format, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers
+        )
         self.embeddings_path = embeddings
         self.encoder, self.encoder_kind, self.fields, self.cache_dir = encoder, encoder_kind, list(fields), cache_dir
         self.embeddings: torch.Tensor | None = None
@@ -174,7 +176,9 @@ class RQVAE(L.LightningModule):
         return torch.stack(codes, 1), z + (z_q - z).detach(), loss
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        codes, z_q, q_loss = self.quantize(self.encoder(x), balance_last=self.training and self.hparams.sinkhorn_last_level)
+        codes, z_q, q_loss = self.quantize(
+            self.encoder(x), balance_last=self.training and self.hparams.sinkhorn_last_level
+        )
         return codes, self.decoder(z_q), q_loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -199,7 +203,9 @@ class RQVAE(L.LightningModule):
             raise FloatingPointError(f"rqvae: non-finite loss {float(loss)} at step {self.global_step}")
         for level in range(self.hparams.levels):
             self.usage[level].index_add_(0, codes[:, level], torch.ones(len(codes), device=self.device))
-        self.log_dict({"rqvae/train/loss": loss, "rqvae/train/recon": recon, "rqvae/train/quant": q_loss}, prog_bar=True)
+        self.log_dict(
+            {"rqvae/train/loss": loss, "rqvae/train/recon": recon, "rqvae/train/quant": q_loss}, prog_bar=True
+        )
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -263,7 +269,11 @@ class RQVAE(L.LightningModule):
         self.train(was_training)
         hp = self.hparams
         index = finalize_index(
-            codes, [hp.codebook_size] * hp.levels, hp.collision, last_cost, hp.style,
+            codes,
+            [hp.codebook_size] * hp.levels,
+            hp.collision,
+            last_cost,
+            hp.style,
             {"quantiser": "rqvae", "dataset": dm.catalog.name, "encoder": dm.encoder},
         )
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)

@@ -110,8 +110,16 @@ def _write_card(folder: Path, spec: dict) -> None:
 class Recommender:
     """A model + tokenizer + index + prompt layout: ranked raw item ids for raw-id histories."""
 
-    def __init__(self, model, tokenizer, index: SemanticIndex, item_ids: Sequence[str], prompt: DirectPrompt,
-                 logits_vocab: str = "full", num_beams: int = 10) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        index: SemanticIndex,
+        item_ids: Sequence[str],
+        prompt: DirectPrompt,
+        logits_vocab: str = "full",
+        num_beams: int = 10,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.index = index
@@ -132,7 +140,9 @@ class Recommender:
         return [self.position[str(h)] for h in history]
 
     @torch.no_grad()
-    def recommend_many(self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16) -> list[list[str]]:
+    def recommend_many(
+        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16
+    ) -> list[list[str]]:
         """Top-``k`` raw item ids for each history (raw item ids, oldest first), best first."""
         if not 1 <= k <= self.num_beams:
             raise ValueError(f"k={k} must lie in 1..{self.num_beams} (the beams of this recommender)")
@@ -164,6 +174,11 @@ def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Re
     model = load_causal_lm(str(folder)).to(device)
     index = SemanticIndex.from_json(folder / INDEX_FILE, n_items=len(spec["item_ids"]))
     return Recommender(
-        model, load_tokenizer(str(folder)), index, spec["item_ids"], DirectPrompt(**spec["prompt"]),
-        spec["logits_vocab"], spec["num_beams"],
+        model,
+        load_tokenizer(str(folder)),
+        index,
+        spec["item_ids"],
+        DirectPrompt(**spec["prompt"]),
+        spec["logits_vocab"],
+        spec["num_beams"],
     )

@@ -119,7 +119,9 @@ class NoRepeatNGramInResponse(NoRepeatNGramLogitsProcessor):
         return super().__call__(input_ids[:, self.prompt_length :], scores)
 
 
-def append_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def append_tokens(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompts with the same ``tokens`` appended to every row."""
     extra = torch.tensor(tokens, dtype=input_ids.dtype, device=input_ids.device).expand(input_ids.shape[0], -1)
     return torch.cat([input_ids, extra], 1), torch.cat([attention_mask, torch.ones_like(extra)], 1)
@@ -146,7 +148,9 @@ def sid_lookup(index: SemanticIndex) -> dict[str, int]:
 
 
 @torch.no_grad()
-def _generate(model, tokenizer, input_ids, attention_mask, opts: ReasoningOptions, sample: bool, n: int, stop: bool) -> torch.Tensor:
+def _generate(
+    model, tokenizer, input_ids, attention_mask, opts: ReasoningOptions, sample: bool, n: int, stop: bool
+) -> torch.Tensor:
     """Generated tokens ``[B * n, T]`` (prompt-major), with the model's own generation defaults swapped out."""
     sampling = {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": 0} if sample else {}
     config = GenerationConfig(

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
 from gream_lit.inference.constrained_beam import BeamResult, constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
 
@@ -16,7 +16,9 @@ def direct_prompt(history: Sequence[int], index: SemanticIndex, tokenizer) -> st
     """Direct-mode prompt: the seq-rec instruction over the history's IDs as one user chat turn,
     no system message, with the generation prompt (spec §8.1)."""
     text = DIRECT_EVAL_TEMPLATE.format(history=", ".join(index.item_string(i) for i in history))
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def tokenize_left_padded(prompts: list[str], tokenizer, device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -114,7 +114,9 @@ class RolloutEngine:
         """Left-padded, left-truncated ``(input_ids, attention_mask)`` of chat prompts (a plain
         string is a prompt text already, e.g. the compact format's)."""
         texts = [
-            m if isinstance(m, str) else self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            m
+            if isinstance(m, str)
+            else self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
             for m in messages
         ]
         self.tokenizer.padding_side = "left"
@@ -153,7 +155,10 @@ class RolloutEngine:
         processors = LogitsProcessorList([AllowOnly(self.vocab)] if self.vocab is not None else [])
         with generation_config(model, config):
             out = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=config, logits_processor=processors
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
             )
         model.train(was_training)
         prompt_len = input_ids.shape[1]

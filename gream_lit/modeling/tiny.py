@@ -94,14 +94,17 @@ def tiny_word_tokenizer(words: Sequence[str] = TINY_WORDS):
     return tokenizer
 
 
-def save_tiny_backbone(
-    folder, arch: str = "llama", hidden_size: int = 64, num_layers: int = 2, seed: int = 0
-) -> str:
+def save_tiny_backbone(folder, arch: str = "llama", hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> str:
     """Write a tiny random chat model + tokenizer folder that ``load_backbone`` reads like any HF model."""
     tokenizer = tiny_chat_tokenizer()
     model = tiny_causal_lm(
-        len(tokenizer), arch, hidden_size=hidden_size, num_layers=num_layers,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=seed,
+        len(tokenizer),
+        arch,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=seed,
     )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -8,6 +8,7 @@ through the exact code path of a real model in seconds; any other name goes thro
 from __future__ import annotations
 
 import logging
+
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from gream_lit.data.semantic_index import SemanticIndex

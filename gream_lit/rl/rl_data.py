@@ -21,15 +21,15 @@ from torch.utils.data import DataLoader
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
-from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import DirectPrompt
-from gream_lit.data.split import Sample
-from gream_lit.data.text_format import HISTORY_SEP, SYSTEM_PROMPT
-from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE, SEQREC
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import Sample
+from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE, SEQREC
+from gream_lit.data.text_format import HISTORY_SEP, REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT
 
 MODES = ("reason", "direct")
+
 
 def rl_messages(history: str, mode: str, template: str, system_prompt: str | None = None) -> list[dict]:
     """Chat messages of one RL prompt; ``history`` is the items' IDs joined by ``", "``.
@@ -97,7 +97,9 @@ class RLDataModule(CatalogDataModule):
         if mode not in MODES:
             raise DataError(f"RLDataModule: unknown mode {mode!r}; expected one of {MODES}")
         if prompt_format not in ("chat", "compact") or (prompt_format == "compact" and mode != "direct"):
-            raise DataError(f"RLDataModule: prompt_format {prompt_format!r} with mode {mode!r}; compact needs mode direct")
+            raise DataError(
+                f"RLDataModule: prompt_format {prompt_format!r} with mode {mode!r}; compact needs mode direct"
+            )
         if not index_path:
             raise DataError("RLDataModule: index_path is required (the aligned model's semantic-ID index)")
         self.index_path = index_path

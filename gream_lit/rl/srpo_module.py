@@ -26,8 +26,9 @@ import torch
 
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
-from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.bundle import write_bundle
+from gream_lit.inference.prefix_tables import id_vocab
+from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
 from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
@@ -38,8 +39,7 @@ from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
 from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rewards import MODES, REWARDS, PREFIX_CREDIT, RewardResult, parse_answer
-from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
+from gream_lit.rl.rewards import MODES, PREFIX_CREDIT, REWARDS, RewardResult, parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,7 @@ class SRPOModule(L.LightningModule):
     def score(self, texts: list[str], targets: list[str], group_size: int) -> list[RewardResult]:
         """Reward of every response; ``targets`` holds one entry per prompt."""
         fn = REWARDS[self.hparams.reward]
-        return [
-            fn(text, targets[i // group_size], self.hparams.mode, self._direct_len) for i, text in enumerate(texts)
-        ]
+        return [fn(text, targets[i // group_size], self.hparams.mode, self._direct_len) for i, text in enumerate(texts)]
 
     def _log_rollout_stats(self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor) -> None:
         n = len(results)
@@ -465,6 +463,13 @@ class SRPOModule(L.LightningModule):
             self.tokenizer.save_pretrained(self.hparams.export_dir)
             dm, hp = self.trainer.datamodule, self.hparams
             if hp.mode == "direct" and hasattr(dm, "direct_prompt"):
-                write_bundle(hp.export_dir, dm.index, dm.catalog.item_ids, dm.direct_prompt(hp.max_prompt_tokens),
-                             hp.logits_vocab, hp.num_beams, "rl")
+                write_bundle(
+                    hp.export_dir,
+                    dm.index,
+                    dm.catalog.item_ids,
+                    dm.direct_prompt(hp.max_prompt_tokens),
+                    hp.logits_vocab,
+                    hp.num_beams,
+                    "rl",
+                )
             log.info("policy saved to %s", self.hparams.export_dir)

@@ -13,14 +13,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
+from gream_lit.alignment.tasks.user_side_info import UserSideInfo
+from gream_lit.data import templates as T
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.split import Sample
-from gream_lit.data.text_format import HISTORY_SEP, SYSTEM_PROMPT, TaskSample
-from gream_lit.data import templates as T
-from gream_lit.alignment.tasks.user_side_info import UserSideInfo
+from gream_lit.data.text_format import TaskSample
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

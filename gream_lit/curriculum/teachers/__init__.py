@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gream_lit.data.catalog import Catalog
 from gream_lit.curriculum.teachers.base import Messages, Teacher, TeacherError
 from gream_lit.curriculum.teachers.cache import CachedTeacher, cache_key
 from gream_lit.curriculum.teachers.hf import HFTeacher
 from gream_lit.curriculum.teachers.openai_compat import OpenAITeacher
-from gream_lit.curriculum.teachers.write_side_info import build_user_side_info
 from gream_lit.curriculum.teachers.template import TemplateTeacher
+from gream_lit.curriculum.teachers.write_side_info import build_user_side_info
+from gream_lit.data.catalog import Catalog
 
 KINDS = ("template", "hf", "openai")
 

@@ -6,11 +6,11 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from gream_lit.data.catalog import DataError
 from gream_lit.curriculum.teachers.base import Messages, ResultCallback, Teacher
+from gream_lit.data.catalog import DataError
 
 log = logging.getLogger(__name__)
 

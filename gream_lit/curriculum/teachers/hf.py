@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import GenerationConfig
@@ -92,9 +93,7 @@ class HFTeacher(Teacher):
         return self.complete_many([messages])[0]
 
     def _generate(self, batch: Sequence[Messages]) -> list[str]:
-        prompts = [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch
-        ]
+        prompts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
         if not self.guided_steps:
             return [t.strip() for t in self._continue(prompts, self.generation)]
         answers = [""] * len(prompts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 _WORD_RE = re.compile(r"[a-z][a-z0-9'\-]*[a-z0-9]|[a-z]")
 STOPWORDS = frozenset(

@@ -15,8 +15,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Sequence
+from typing import Any
 
 from gream_lit.curriculum.teachers.base import (
     Messages,
@@ -101,7 +102,7 @@ class OpenAITeacher(Teacher):
             if e.code == 429 or e.code >= 500:
                 raise _Retryable(f"HTTP {e.code}: {detail}") from None
             raise TeacherError(f"HTTP {e.code} from {self.url}: {detail}") from None
-        except (socket.timeout, TimeoutError) as e:
+        except TimeoutError as e:
             raise _Retryable(f"timeout after {self.timeout_s}s") from e
         except urllib.error.URLError as e:
             if isinstance(e.reason, (socket.timeout, TimeoutError)):

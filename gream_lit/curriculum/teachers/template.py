@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gream_lit.data.catalog import Catalog
 from gream_lit.curriculum.teachers.base import Messages, Teacher, TeacherError, describe_request, validate_messages
 from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
-from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, INTENTION_PROMPTS, PREFERENCE_PROMPTS, parse_item_blocks
+from gream_lit.curriculum.teachers.prompts import (
+    COT_SYSTEM_PROMPT,
+    INTENTION_PROMPTS,
+    PREFERENCE_PROMPTS,
+    parse_item_blocks,
+)
+from gream_lit.data.catalog import Catalog
 
 
 def categories(item: dict[str, str]) -> list[str]:
@@ -37,7 +42,7 @@ def _join(words: list[str], empty: str) -> str:
 
 
 def _kind(item: dict[str, str], unknown: str) -> str:
-    """"Leaf (Parent)" category, the short name a student that sees only semantic IDs can learn to write
+    """ "Leaf (Parent)" category, the short name a student that sees only semantic IDs can learn to write
     (quoting a title it never sees made SmolLM2 invent one and loop on it); ``unknown`` without one."""
     leaf, parent = leaf_category(item), parent_category(item)
     return f"{leaf} ({parent})" if parent else leaf or unknown
@@ -97,7 +102,7 @@ class TemplateTeacher(Teacher):
         cats = self._top_categories(history, 3)
         brands = Counter(b for b in (h.get("brand", "").rstrip(".") for h in history) if b).most_common(2)
         recent = self.kw.keywords(item_document(last))[:2]
-        latest = f"\"{last.get('title', '').rstrip('.')}\""  # only where the catalogue has no categories
+        latest = f'"{last.get("title", "").rstrip(".")}"'  # only where the catalogue has no categories
         cat_text = f", mostly {_join([f'{c} ({n})' for c, n in cats], '')}" if cats else ""
         brand_text = f"; brands include {_join([b for b, _ in brands], '')}" if brands else ""
         step1 = (

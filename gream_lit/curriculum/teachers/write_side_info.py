@@ -13,7 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.curriculum.teachers.base import Messages, Teacher
 from gream_lit.curriculum.teachers.prompts import (
     EMPTY_PREFERENCE,
@@ -23,6 +22,7 @@ from gream_lit.curriculum.teachers.prompts import (
     intention_messages,
     preference_messages,
 )
+from gream_lit.data.catalog import Catalog, DataError
 
 log = logging.getLogger(__name__)
 PREFERENCE_KINDS = tuple(PREFERENCE_PROMPTS)  # summary, long_term, short_term (stored in this order)
@@ -92,4 +92,3 @@ def build_user_side_info(
         tmp.write_text(json.dumps(result, ensure_ascii=False))
         tmp.replace(path)
     return result
-

