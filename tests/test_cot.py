@@ -15,7 +15,6 @@ from gream_lit.curriculum.cot import (
     cot_targets,
     denoise,
     empty_steps,
-    format_response,
     load_cot_samples,
     missing_steps,
     plain_words,
@@ -28,7 +27,7 @@ from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT
 from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
-from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT, parse_reasoning
+from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT, format_response, parse_reasoning
 from gream_lit.experiment.cli import main as cli_main
 
 STEPS = "Step 1: they buy staples. Step 2: they like fasteners. Step 3: they need screws next."

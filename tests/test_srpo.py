@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from gream_lit.experiment.cli import main
-from gream_lit.inference.sampling import RolloutEngine
+from gream_lit.inference.sampling import Rollout, RolloutEngine
 from gream_lit.rl.rl_data import RLDataModule
+from gream_lit.rl.rollout_callback import RolloutCallback
 from gream_lit.rl.srpo_module import SRPOModule
 
 TINY = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
@@ -47,7 +48,9 @@ class History(L.Callback):
         self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def fit(data_dir: Path, mode: str = "direct", epochs: int = 1, **kwargs) -> tuple[SRPOModule, list[dict]]:
+def fit(
+    data_dir: Path, mode: str = "direct", epochs: int = 1, callbacks: tuple = (), **kwargs
+) -> tuple[SRPOModule, list[dict]]:
     L.seed_everything(0)
     dm = RLDataModule(
         data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode=mode, batch_size=4, max_val_prompts=4
@@ -77,7 +80,7 @@ def fit(data_dir: Path, mode: str = "direct", epochs: int = 1, **kwargs) -> tupl
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[history],
+        callbacks=[history, *callbacks],
     )
     trainer.fit(module, datamodule=dm)
     return module, history.steps
@@ -286,6 +289,43 @@ def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatc
     _, steps = fit(data_dir)
     assert steps and all(s["rl/train/empty"] == 1.0 and s["rl/train/reward"] == 0.0 for s in steps)
     assert all(s["rl/train/response_length"] == 1.0 for s in steps)
+
+
+class FixedRollouts:
+    """A generation engine that answers every prompt with the target's ID ``n`` times (a fixed source)."""
+
+    def __init__(self) -> None:
+        self.prompts: list[int] = []
+
+    def generate(self, model, messages, sampling):
+        module = self.module
+        self.prompts.append(len(messages))
+        targets = [module.trainer.datamodule.index.item_string(0)] * len(messages)
+        ids = module.tokenizer(targets, add_special_tokens=False, return_tensors="pt").input_ids
+        rows = ids.repeat_interleave(sampling.n, dim=0)
+        prompt, prompt_mask = module.engine.encode(messages, rows.device)
+        return Rollout(
+            prompt.repeat_interleave(sampling.n, 0),
+            prompt_mask.repeat_interleave(sampling.n, 0),
+            rows,
+            torch.ones_like(rows),
+            [t for t in targets for _ in range(sampling.n)],
+            sampling.n,
+        )
+
+
+def test_rollouts_come_from_the_rollout_callbacks_engine(data_dir: Path) -> None:
+    """A RolloutCallback given to the trainer replaces the default one; its engine fills every batch."""
+    engine = FixedRollouts()
+
+    class Attach(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            engine.module = pl_module
+
+    module, steps = fit(data_dir, callbacks=(Attach(), RolloutCallback(engine)))
+    assert engine.prompts == [4] * module.trainer.num_training_batches  # every generation batch, from our engine
+    assert sum(isinstance(cb, RolloutCallback) for cb in module.trainer.callbacks) == 1
+    assert steps and steps[0]["rl/train/response_length"] == pytest.approx(float(module.trainer.datamodule.index.depth))
 
 
 def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Chain-of-thought SFT samples for the reasoning curriculum (spec §5.2) and reasoning-mode parsing.
+"""Chain-of-thought SFT samples for the reasoning curriculum (spec §5.2).
 
 A teacher sees a user's history and the true next item and writes Steps 1-4 while reasoning as if it
 did not know the item. We keep Steps 1-3 and build the response
@@ -32,12 +32,10 @@ from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
 from gream_lit.data.text_format import (
-    ANSWER_INTRO,
-    HISTORY_SEP,
     REASONING_SYSTEM_PROMPT,
     REASONING_TEMPLATES,
-    REWRITE_INTRO,
     TaskSample,
+    format_response,
 )
 
 log = logging.getLogger(__name__)
@@ -112,15 +110,6 @@ def denoise(history_words: Sequence[set[str]], intent_words: set[str], min_overl
     """
     kept = [i for i, w in enumerate(history_words) if len(w & intent_words) >= min_overlap]
     return kept or list(range(len(history_words)))
-
-
-def format_response(reasoning: str, rewrite: Sequence[str], target: str) -> str:
-    """The exact assistant layout of spec §5.2 with our (possibly denoised) rewrite."""
-    return (
-        f"<think>\n{reasoning}\n</think>\n\n"
-        f"{REWRITE_INTRO}{HISTORY_SEP.join(rewrite)}.\n\n"
-        f"{ANSWER_INTRO}<answer>{target}</answer>"
-    )
 
 
 # ---------------------------------------------------------------- samples

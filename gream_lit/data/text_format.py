@@ -10,6 +10,7 @@ beside it in ``compact_format``; the instruction templates in ``templates``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gream_lit.data.templates import SEQREC
@@ -62,6 +63,15 @@ class TaskSample:
             {"role": "user", "content": self.prompt(drop)},
             {"role": "assistant", "content": self.response},
         ]
+
+
+def format_response(reasoning: str, rewrite: Sequence[str], target: str) -> str:
+    """The exact assistant layout of spec §5.2 with our (possibly denoised) rewrite."""
+    return (
+        f"<think>\n{reasoning}\n</think>\n\n"
+        f"{REWRITE_INTRO}{HISTORY_SEP.join(rewrite)}.\n\n"
+        f"{ANSWER_INTRO}<answer>{target}</answer>"
+    )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rewards import MODES, PREFIX_CREDIT, REWARDS, RewardResult, parse_answer
+from gream_lit.rl.rollout_callback import ROLLOUT_KEY, RolloutCallback
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +271,17 @@ class SRPOModule(L.LightningModule):
         experiment.add_text("rl/train/samples", "\n".join(lines), self._gen_batch)
 
     # ---- training -------------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[L.Callback]:
+        """A default ``RolloutCallback`` (the HF engine) unless the trainer was given one (another engine)."""
+        if any(isinstance(cb, RolloutCallback) for cb in self.trainer.callbacks):
+            return []
+        return [RolloutCallback()]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
-        rollout = self.engine.generate(self.policy, batch["messages"], self.sampling["train"])
+        rollout = batch.get(ROLLOUT_KEY)
+        if rollout is None:
+            raise RuntimeError("SRPOModule trains on the rollouts RolloutCallback puts in each batch; none were found")
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
         match = torch.tensor([r.match for r in results])
         keep = filter_groups(match, rollout.group_size)
