@@ -1,5 +1,5 @@
 import sys
 
-from gream_lit.experiment.cli import main
+from gream_lit.experiment.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

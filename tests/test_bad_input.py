@@ -51,6 +51,45 @@ def test_truncated_lcrec_json(tmp_path):
         load_catalog(folder, "lcrec")
 
 
+def test_a_non_utf8_byte_names_the_file_and_line(tmp_path):
+    folder = write_lcrec(tmp_path, {"0": [0, 1, 2]})
+    (folder / "D.item.json").write_bytes(b'{"0": {"title": "t0"},\n "1": {"title": "caf\xe9"}}')
+    with pytest.raises(DataError, match=r"D\.item\.json: line 2: byte 0xe9 at offset \d+ is not UTF-8"):
+        load_catalog(folder, "lcrec")
+    meta = tmp_path / "meta_X.json"
+    meta.write_bytes(json.dumps({"asin": "A", "title": "ok"}).encode() + b'\n{"asin": "B", "title": "\xff"}\n')
+    with pytest.raises(DataError, match=r"meta_X\.json: line 2: not UTF-8"):
+        read_meta(meta, "amazon18")
+
+
+def test_a_colliding_or_inconsistent_index_names_the_file(tmp_path):
+    from gream_lit.data.semantic_index import SemanticIndex
+
+    path = tmp_path / "X.index.json"
+    path.write_text(json.dumps({"0": ["<a_1>", "<b_2>"], "1": ["<a_2>", "<b_1>"], "2": ["<a_1>", "<b_2>"]}))
+    assert SemanticIndex.from_json(path).collisions() == 1  # reports and index tools read it as it is
+    with pytest.raises(DataError, match=r"X\.index\.json: 1 items share .* items 0 and 2 \(<a_1><b_2>\).*--collision"):
+        SemanticIndex.from_json(path, unique=True)
+    path.with_name("X.index.meta.json").write_text(json.dumps({"codebook_sizes": [1, 2]}))
+    with pytest.raises(
+        DataError, match=r"X\.index\.json \(codebook sizes from X\.index\.meta\.json.*level 0 has codes"
+    ):
+        SemanticIndex.from_json(path)
+
+
+def test_embeddings_that_carry_no_information_are_refused():
+    import numpy as np
+
+    from gream_lit.indexing.embed import check_embeddings
+
+    with pytest.raises(DataError, match=r"emb: 4 of 4 rows are all zeros, e\.g\. item 0"):
+        check_embeddings(np.zeros((4, 3)), "emb")
+    with pytest.raises(DataError, match=r"emb: every row is the same vector"):
+        check_embeddings(np.ones((4, 3)), "emb")
+    ok = np.eye(4, 3) + 0.1
+    assert check_embeddings(ok, "emb") is not None
+
+
 def test_truncated_json_line_in_2018_metadata(tmp_path):
     meta = tmp_path / "meta_X.json.gz"
     with gzip.open(meta, "wt") as f:

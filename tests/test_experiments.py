@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import RunDir, is_pipeline_file, load_experiment, stage_config
+from gream_lit.experiment.pipeline import PipelineError, RunDir, is_pipeline_file, load_experiment, stage_config
 from gream_lit.indexing.cli import _apply_config, _parser
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -46,11 +46,17 @@ def print_config_exit_code(*config_paths: Path) -> int:
 
 
 def finish_all(exp: dict, run: RunDir) -> None:
-    """Record every stage as finished, with its declared artefacts, so references resolve."""
+    """Record every stage as finished, with (empty) declared artefacts, so references resolve."""
     for name, stage in exp["stages"].items():
         folder = run.stage_dir(name)
         folder.mkdir(parents=True)
         artifacts = {k: str(folder / rel) for k, rel in (stage.get("artifacts") or {}).items()}
+        for path in map(Path, artifacts.values()):  # later stages check that what they read exists
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            else:
+                path.mkdir(parents=True)
         record = {
             "finished": "2026-01-01T00:00:00",
             "dir": str(folder),
@@ -166,3 +172,22 @@ def test_cpu_ablation_without_curriculum_hands_the_alignment_model_to_srpo(tmp_p
     finish_all(ablation, run)
     rl = stage_config(ablation, run, "rl")
     assert rl["model"]["init_args"]["backbone"] == str(run.stage_dir("align") / "hf" / "adapter")
+
+
+@pytest.mark.parametrize(
+    "name", ["gream_full", "quickstart", "gream_cpu_scientific", "ablation_no_align", "ablation_cpu_no_align"]
+)
+def test_one_override_switches_the_backbone_of_every_stage(name: str, tmp_path: Path) -> None:
+    """``--set backbone=...`` reaches every stage that starts from a base LLM; later stages continue the
+    earlier stage's model, with the new backbone as their fallback when that stage is dropped."""
+    other = str(tmp_path / "other-llm")
+    exp = load_experiment(EXPERIMENTS / f"{name}.yaml", {"backbone": other})
+    text = json.dumps(exp["stages"])
+    assert "smollm2" not in text.lower() and other in text
+
+
+def test_a_backbone_reference_without_a_backbone_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text("stages:\n  a:\n    model: {init_args: {backbone: '${backbone}'}}\n")
+    with pytest.raises(PipelineError, match=r"says \$\{backbone\} but the experiment sets no top-level 'backbone'"):
+        load_experiment(path)

@@ -52,7 +52,7 @@ def test_nan_embedding_file_is_rejected(tmp_path) -> None:
     np.save(tmp_path / "e.npy", bad)
     with pytest.raises(DataError, match="NaN or inf, e.g. row 2"):
         load_embeddings(tmp_path / "e.npy")
-    np.save(tmp_path / "ok.npy", np.zeros((3, 2)))
+    np.save(tmp_path / "ok.npy", np.eye(3, 2) + 0.5)
     with pytest.raises(DataError, match="3 rows but the catalogue has 4"):
         load_embeddings(tmp_path / "ok.npy", n_items=4)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from gream_lit.experiment.cli import main
+from gream_lit.experiment.cli import entry, main
 from gream_lit.experiment.pipeline import (
     PipelineError,
     is_pipeline_file,
     load_experiment,
     resolve_includes,
+    resume_checkpoint,
     run_lock,
     set_dotted,
 )
@@ -186,6 +188,59 @@ def test_two_stages_hand_off_rerun_skips_and_test_on_run_dir(tmp_path, capsys):
         main(["fit", "--config", str(exp), "--run_dir", str(run)])
 
 
+def test_a_copied_run_directory_is_a_run_of_its_own(tmp_path):
+    """After ``cp -a A B``: ``test B`` reads and writes B only, and ``fit`` on B finds its stages finished."""
+    exp = tiny_experiment(tmp_path)
+    a, b = tmp_path / "runs" / "A", tmp_path / "runs" / "B"
+    assert main(["fit", "--config", str(exp), "--run_dir", str(a)]) == 0
+    shutil.copytree(a, b, symlinks=True)
+    shutil.rmtree(a / "first")  # B must not need anything of A's
+    before = sorted((p, p.stat().st_mtime_ns) for p in a.rglob("*"))
+
+    assert main(["test", str(b), "--stage", "second"]) == 0
+    assert sorted((p, p.stat().st_mtime_ns) for p in a.rglob("*")) == before  # nothing written into A
+    assert (b / "second" / "test_metrics.json").is_file()
+    for stage in ("first", "second"):
+        text = (b / stage / "config.yaml").read_text() + (b / stage / "DONE").read_text()
+        assert str(a) not in text and str(b) in text
+    second = yaml.safe_load((b / "second" / "config.yaml").read_text())
+    assert second["model"]["init_args"]["init_path"] == str(b / "first" / "weights.pt")
+
+    assert main(["fit", "--config", str(exp), "--run_dir", str(b)]) == 0  # no "different config" refusal
+    assert (b / "second" / "starts.txt").read_text() == "0\n"  # finished stages were not rerun
+
+
+def test_print_config_shows_every_stage_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    exp = tiny_experiment(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    assert main(["fit", "--config", str(exp), "--run_dir", str(run), "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert f"# stage first: resolved in {run}" in out and f"{run}/first/weights.pt" in out
+    assert "# stage second: references unresolved until earlier stages finish" in out
+    assert "${prev.artifacts.weights|null}" in out and not run.exists()
+
+    monkeypatch.setattr(sys, "argv", ["gream_lit", "fit", "--config", str(exp), "--stage", "nope"])
+    assert entry() == 2  # a known error is one line, not a traceback
+    assert capsys.readouterr().err.strip() == (
+        "error: --stage 'nope' is not in this experiment; stages: ['first', 'second']"
+    )
+
+
+def test_an_empty_done_record_and_a_deleted_artifact_are_clear_errors(tmp_path):
+    exp = tiny_experiment(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    assert main(["fit", "--config", str(exp), "--run_dir", str(run)]) == 0
+    (run / "first" / "DONE").write_text("")
+    with pytest.raises(PipelineError, match=r"first/DONE: not a DONE record .*delete it and rerun fit"):
+        main(["test", str(run)])
+    (run / "first" / "DONE").unlink()
+    assert main(["fit", "--config", str(exp), "--run_dir", str(tmp_path / "runs" / "again")]) == 0
+    (tmp_path / "runs" / "again" / "first" / "weights.pt").unlink()  # a deleted hand-off
+    (tmp_path / "runs" / "again" / "second" / "DONE").unlink()
+    with pytest.raises(PipelineError, match=r"artifact 'weights' at .*weights\.pt, which no longer exists; delete"):
+        main(["fit", "--config", str(exp), "--run_dir", str(tmp_path / "runs" / "again")])
+
+
 def test_dropped_stage_leaves_reference_default_and_seed_names_run_dir(tmp_path, monkeypatch):
     full = tiny_experiment(tmp_path)
     with pytest.raises(PipelineError, match="'first' has not finished"):
@@ -221,6 +276,23 @@ def test_sigkill_mid_stage_then_rerun_resumes_from_last_checkpoint(tmp_path):
     record = json.loads((run / "second" / "DONE").read_text())
     assert record["resumed_from"] == str(last)
     assert torch.load(last, weights_only=False)["epoch"] == 11
+
+
+def test_a_cut_short_last_checkpoint_falls_back_to_the_newest_readable_one(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"epoch": 1}, ckpts / "epoch=1-step=8.ckpt")
+    torch.save({"epoch": 2}, ckpts / "last.ckpt")
+    assert resume_checkpoint(ckpts) == str(ckpts / "last.ckpt")
+    data = (ckpts / "last.ckpt").read_bytes()
+    (ckpts / "last.ckpt").write_bytes(data[: len(data) // 2])  # killed while writing
+    assert resume_checkpoint(ckpts) == str(ckpts / "epoch=1-step=8.ckpt")
+    assert (ckpts / "last.ckpt.broken").read_bytes() == data[: len(data) // 2] and not (ckpts / "last.ckpt").exists()
+    (ckpts / "epoch=1-step=8.ckpt").write_bytes(b"")
+    torch.save({"epoch": 3}, ckpts / "last.ckpt")
+    (ckpts / "last.ckpt").write_bytes(b"PK")
+    assert resume_checkpoint(ckpts) is None  # nothing readable left: the stage starts over
+    assert resume_checkpoint(tmp_path / "none") is None
 
 
 def test_real_baseline_configs_run_as_stages(tmp_path):

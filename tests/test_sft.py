@@ -243,6 +243,24 @@ def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
     assert len((out / "test_per_user.jsonl").read_text().splitlines()) == 6
 
 
+def test_continuing_a_handoff_with_another_index_is_refused(tmp_path):
+    """A later stage must decode the index its starting model learned (the hand-off folder records it)."""
+    paths, _, run = fit_tiny(tmp_path)
+    adapter = run / "hf" / "adapter"
+    AlignmentDataModule(**{**paths, "backbone": str(adapter)}).setup("fit")  # the same index: fine
+    learned = json.loads(Path(paths["index_path"]).read_text())
+    first, second = sorted(learned)[:2]
+    learned[first], learned[second] = learned[second], learned[first]
+    other = tmp_path / "other.index.json"
+    other.write_text(json.dumps(learned))
+    with pytest.raises(DataError, match=r"other\.index\.json is not the index .*adapter was trained with .*2 items"):
+        AlignmentDataModule(**{**paths, "backbone": str(adapter), "index_path": str(other)}).setup("fit")
+    from gream_lit.rl.policy import load_policy
+
+    with pytest.raises(DataError, match=r"the RL stage's index is not the index .*adapter was trained with"):
+        load_policy(str(adapter), SemanticIndex.from_json(other))
+
+
 def test_a_monitor_of_another_stage_fails_before_training(tmp_path):
     paths = write_toy_dataset(tmp_path)
     cfg = tiny_config(paths)

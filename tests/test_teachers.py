@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,6 +171,19 @@ def test_openai_client_errors_are_not_retried_and_key_comes_from_env(api, monkey
         keyed.complete(msgs("ok"))
     monkeypatch.setenv("GREAM_TEST_KEY", "sekrit")
     assert keyed.complete(msgs("ok")) == "echo ok" and FlakyAPI.auth[-1] == "Bearer sekrit"
+
+
+def test_a_server_that_never_answers_is_reported_in_seconds():
+    """A listening socket that never responds: two short tries, then a clear error (not retries for hours)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+        teacher = OpenAITeacher("m", base_url=url, api_key_env=None, max_retries=5, backoff_s=0.01, first_contact_s=0.4)
+        start = time.monotonic()
+        with pytest.raises(TeacherError, match=r"has not answered any request \(timeout after 0\.2s, 2 tries\)"):
+            teacher.complete_many([msgs("a"), msgs("b")])
+        assert time.monotonic() - start < 5
 
 
 def test_template_teacher_cot_hides_target_title():

@@ -23,7 +23,7 @@ from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt
 from gream_lit.data.padding import pad
 from gream_lit.data.samplers import BatchesDistributedSampler
-from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex, check_handoff_index
 from gream_lit.data.split import Sample, train_sequences
 from gream_lit.data.templates import ITEM2INDEX
 from gream_lit.data.text_format import SYSTEM_PROMPT, TaskSample
@@ -181,7 +181,8 @@ class AlignmentDataModule(CatalogDataModule):
     def _prepare_vocab(self) -> None:
         if self.tokenizer is not None:
             return
-        self.index = SemanticIndex.from_json(self.index_path, n_items=self.catalog.n_items)
+        self.index = SemanticIndex.from_json(self.index_path, n_items=self.catalog.n_items, unique=True)
+        check_handoff_index(self.index, self.backbone, self.index_path)
         self.tokenizer = load_tokenizer(self.backbone)
         if self.extend_vocab:
             add_index_tokens(self.tokenizer, self.index)

@@ -110,7 +110,7 @@ class TigerDataModule(CatalogDataModule):
     def load(self):
         catalog = super().load()
         if self.index is None:
-            index = SemanticIndex.from_json(self.index_path, n_items=catalog.n_items)
+            index = SemanticIndex.from_json(self.index_path, n_items=catalog.n_items, unique=True)
             if index.collisions():
                 raise DataError(f"{self.index_path}: {index.collisions()} items share an ID; TIGER needs unique IDs")
             self.index = index

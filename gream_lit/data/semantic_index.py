@@ -116,8 +116,14 @@ class SemanticIndex:
         path.with_name(path.name.removesuffix(".json") + ".meta.json").write_text(json.dumps(sidecar, indent=1))
 
     @classmethod
-    def from_json(cls, path: str | Path, n_items: int | None = None, depth: int | None = None) -> SemanticIndex:
-        """Read an index file; item keys must be 0..n-1. Codebook sizes come from the sidecar if present."""
+    def from_json(
+        cls, path: str | Path, n_items: int | None = None, depth: int | None = None, unique: bool = False
+    ) -> SemanticIndex:
+        """Read an index file; item keys must be 0..n-1. Codebook sizes come from the sidecar if present.
+
+        With ``unique`` (what decoding and ID-token training need), items sharing an ID are an error
+        that names two of them, instead of a failure later inside the decoder's tables.
+        """
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: index file not found")
@@ -158,4 +164,40 @@ class SemanticIndex:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         sizes = meta.pop("codebook_sizes", None) or [int(codes[:, lv].max()) + 1 for lv in range(max_depth)]
         meta.pop("style", None)
-        return cls(codes=codes, codebook_sizes=list(sizes), style=styles.pop(), meta=meta)
+        try:
+            index = cls(codes=codes, codebook_sizes=list(sizes), style=styles.pop(), meta=meta)
+        except DataError as e:
+            raise DataError(f"{path} (codebook sizes from {meta_path.name} if present): {e}") from None
+        if unique and index.collisions():
+            first: dict[tuple[int, ...], int] = {}
+            for item, row in enumerate(map(tuple, codes.tolist())):
+                if row in first:
+                    raise DataError(
+                        f"{path}: {index.collisions()} items share their ID with another item, e.g. items "
+                        f"{first[row]} and {item} ({''.join(index.item_tokens(item))}); decoding needs one ID per "
+                        "item: build the index with a collision mode (index build --collision rank)"
+                    )
+                first[row] = item
+        return index
+
+
+HANDOFF_INDEX_FILE = "index.json"  # the index a stage's hand-off folder was trained with (inference.bundle)
+
+
+def check_handoff_index(index: SemanticIndex, backbone: str | Path, index_path: str | Path) -> None:
+    """Refuse to continue a handed-off model with another index than the one it learned: its ID tokens
+    would mean other items, and tokens it never saw would start from random rows."""
+    recorded = Path(backbone) / HANDOFF_INDEX_FILE
+    if not recorded.is_file():
+        return
+    learned = SemanticIndex.from_json(recorded)
+    if learned.codes.shape != index.codes.shape or learned.style != index.style or (learned.codes != index.codes).any():
+        differ = (
+            f"{learned.n_items} items x {learned.depth} levels there, {index.n_items} x {index.depth} here"
+            if learned.codes.shape != index.codes.shape
+            else f"{int((learned.codes != index.codes).any(axis=1).sum())} items have other IDs"
+        )
+        raise DataError(
+            f"{index_path} is not the index {backbone} was trained with ({recorded}: {differ}); give this stage "
+            "the index of the stage it continues"
+        )

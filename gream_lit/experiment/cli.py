@@ -11,10 +11,11 @@ import importlib
 import logging
 import sys
 
+from gream_lit.data.catalog import DataError
 from gream_lit.experiment.allocator import fix_mmap_threshold
 from gream_lit.experiment.console import quiet_third_party
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import maybe_run_pipeline
+from gream_lit.experiment.pipeline import PipelineError, maybe_run_pipeline
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,3 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+
+
+def entry() -> int:
+    """``python -m gream_lit`` and the ``gream-lit`` script: ``main``, with the errors that already say
+    what is wrong and where (a bad experiment file or run directory, bad data) printed as one line."""
+    try:
+        return main()
+    except (PipelineError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

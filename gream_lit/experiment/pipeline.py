@@ -39,6 +39,7 @@ import math
 import os
 import re
 import socket
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -52,13 +53,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
 from gream_lit.experiment.per_user import read_per_user
+from gream_lit.experiment.relocation import adopt_moved_run
 from gream_lit.inference.bundle import add_metrics
 from gream_lit.tables import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = ("artifacts",)
-EXPERIMENT_KEYS = ("name", "seed_everything", "defaults", "stages", "sweep")  # sweep: read by `sweep`
+EXPERIMENT_KEYS = ("name", "seed_everything", "backbone", "defaults", "stages", "sweep")  # sweep: read by `sweep`
 # a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
 STAGE_KEYS = (
     "model",
@@ -75,6 +77,7 @@ CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 _REF = re.compile(r"\$\{([^}]*)\}")
+BACKBONE_REF = "${backbone}"
 
 
 class PipelineError(ValueError):
@@ -146,6 +149,29 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def substitute_backbone(exp: dict[str, Any], path: Path) -> None:
+    """Write the experiment's one ``backbone`` wherever its stages say ``${backbone}`` (defaults of
+    references included: ``${prev.artifacts.model|${backbone}}``), so ``--set backbone=...`` switches
+    the LLM of every stage that does not continue an earlier stage's model."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and BACKBONE_REF in node:
+            if "backbone" not in exp:
+                raise PipelineError(
+                    f"{path}: a stage says {BACKBONE_REF} but the experiment sets no top-level 'backbone'"
+                )
+            return exp["backbone"] if node == BACKBONE_REF else node.replace(BACKBONE_REF, str(exp["backbone"]))
+        return node
+
+    for key in ("defaults", "stages"):
+        if key in exp:
+            exp[key] = walk(exp[key])
+
+
 def load_experiment(
     path: str | Path, overrides: Mapping[str, Any] | None = None, seed: int | None = None
 ) -> dict[str, Any]:
@@ -163,6 +189,7 @@ def load_experiment(
     for key, value in (overrides or {}).items():
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
+    substitute_backbone(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
     for name, stage in exp["stages"].items():
@@ -250,7 +277,18 @@ class RunDir:
     def done(self, stage: str) -> dict[str, Any] | None:
         """The DONE record of a finished stage, else None."""
         marker = self.stage_dir(stage) / "DONE"
-        return json.loads(marker.read_text()) if marker.is_file() else None
+        if not marker.is_file():
+            return None
+        try:
+            record = json.loads(marker.read_text())
+        except json.JSONDecodeError as err:
+            raise PipelineError(
+                f"{marker}: not a DONE record ({err.msg}; the file is empty or cut short); delete it and rerun "
+                f"fit to finish stage {stage!r} again from its last checkpoint"
+            ) from err
+        if not isinstance(record, dict) or "finished" not in record:
+            raise PipelineError(f"{marker}: not a DONE record (no 'finished' time); delete it and rerun fit")
+        return record
 
     def metrics(self, stage: str) -> dict[str, float]:
         path = self.stage_dir(stage) / "metrics.json"
@@ -284,7 +322,13 @@ def _lookup(run: RunDir, stage: str, path: list[str]) -> Any:
     if head in ("dir", "ckpt", "last_ckpt") and not rest:
         return record[head]
     if head == "artifacts" and rest in record["artifacts"]:
-        return record["artifacts"][rest]
+        artifact = record["artifacts"][rest]
+        if not Path(artifact).exists():
+            raise PipelineError(
+                f"stage {stage!r} wrote artifact {rest!r} at {artifact}, which no longer exists; delete "
+                f"{run.stage_dir(stage) / 'DONE'} and rerun fit to write it again"
+            )
+        return artifact
     if head == "metrics":
         metrics = run.metrics(stage)
         if rest in metrics:
@@ -394,7 +438,15 @@ def stage_config(exp: Mapping[str, Any], run: RunDir, stage: str) -> dict[str, A
 
 
 class StageCLI(GreamCLI):
-    """GreamCLI that keeps the last validation metrics and takes extra callbacks (a sweep's pruner)."""
+    """GreamCLI that keeps the last validation metrics and takes extra callbacks (a sweep's pruner).
+
+    A stage's saved config is the whole truth about its model: the checkpoint's hyperparameters are
+    not parsed over it, so a run directory that was moved (``relocation``) resumes and tests with its
+    own paths, not those the checkpoint was written with.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        return
 
     def __init__(self, *args, extra_callbacks: Sequence[L.Callback] = (), **kwargs) -> None:
         self.extra_callbacks = list(extra_callbacks)
@@ -442,6 +494,29 @@ def _check_not_stale(exp: Mapping[str, Any], run: RunDir, stage: str, record: Ma
             )
 
 
+def resume_checkpoint(ckpt_dir: Path) -> str | None:
+    """``last.ckpt``, or, when it is unreadable (a kill while it was written), the newest readable
+    checkpoint beside it; the broken file is kept as ``last.ckpt.broken``.
+
+    Torch checkpoints are zip archives whose directory sits at the end, so a cut-short file fails
+    ``zipfile.is_zipfile`` without being loaded.
+    """
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return None
+    if zipfile.is_zipfile(last):
+        return str(last)
+    last.replace(last.with_name("last.ckpt.broken"))
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if zipfile.is_zipfile(p)), key=lambda p: p.stat().st_mtime)
+    fallback = str(others[-1]) if others else None
+    log.warning(
+        "%s is unreadable (cut short?), kept as last.ckpt.broken; %s",
+        last,
+        f"resuming from {fallback}" if fallback else "no other checkpoint: the stage starts over",
+    )
+    return fallback
+
+
 def run_stage(
     exp: Mapping[str, Any], run: RunDir, stage: str, callbacks: Sequence[L.Callback] = ()
 ) -> dict[str, float]:
@@ -457,8 +532,7 @@ def run_stage(
         return run.metrics(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    last = run.last_ckpt(stage)
-    resume = str(last) if last.is_file() else None
+    resume = resume_checkpoint(run.checkpoint_dir(stage))
     log.info("stage %s: %s", stage, f"resuming from {resume}" if resume else "starting")
     trainer, metrics = run_lightning("fit", config_path, resume, callbacks)
     if trainer.is_global_zero:
@@ -523,6 +597,7 @@ def prepare_run(exp: dict[str, Any], run_dir: str | Path) -> RunDir:
     saved stage configs are known to match."""
     run = RunDir(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
+    adopt_moved_run(run.root)
     _check_saved_configs(exp, run)
     (run.root / "experiment.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
     return run
@@ -579,6 +654,7 @@ def run_experiment(
 
 def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str, dict[str, float]]:
     """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``."""
+    adopt_moved_run(run.root)
     exp = run.experiment()
     results = {}
     for stage in exp["stages"]:
@@ -623,9 +699,30 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--run_dir", help="explicit run directory")
     p.add_argument("--seed", type=int, help="seed for every stage; the run directory gets a _seed<N> suffix")
     p.add_argument(
+        "--print_config",
+        action="store_true",
+        help="print every stage's config (includes, defaults and --set merged) and exit",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.sasrec.trainer.max_epochs=2"
     )
     return p
+
+
+def format_stage_configs(exp: Mapping[str, Any], run: RunDir, only: str | None = None) -> str:
+    """Every stage's config as its LightningCLI job will get it: resolved where its references can be
+    (earlier stages finished), else with ``${...}`` as written."""
+    parts = []
+    for stage in exp["stages"]:
+        if only is not None and stage != only:
+            continue
+        try:
+            config, note = stage_config(exp, run, stage), f"resolved in {run.root}"
+        except PipelineError as err:
+            config = deep_merge(exp.get("defaults") or {}, exp["stages"][stage])
+            note = f"references unresolved until earlier stages finish ({err})"
+        parts.append(f"# stage {stage}: {note}\n{yaml.safe_dump(config, sort_keys=False)}")
+    return "\n".join(parts)
 
 
 def default_run_dir(exp: Mapping[str, Any], runs_root: str | Path, seed: int | None) -> Path:
@@ -651,6 +748,9 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
     else:
         exp = load_experiment(args.config, _parse_set(args.set), args.seed)
         run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
+        if args.print_config:
+            print(format_stage_configs(exp, run, args.stage))
+            return 0
         if command == "fit":
             results = run_experiment(exp, run.root, args.stage)
         elif command in ("validate", "test"):

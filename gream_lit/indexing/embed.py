@@ -177,13 +177,22 @@ def embed_items(
 
 
 def check_embeddings(emb: np.ndarray, source: str = "embeddings") -> np.ndarray:
-    """Reject what would silently ruin clustering: wrong rank, NaN/inf rows."""
+    """Reject what would silently ruin clustering: wrong rank, NaN/inf rows, all-zero rows (an item
+    the encoder saw no text for) and a matrix whose rows are all the same (every item in one cluster)."""
     emb = np.asarray(emb)
     if emb.ndim != 2 or emb.shape[0] == 0:
         raise DataError(f"{source}: expected a non-empty [n_items, dim] array, got shape {emb.shape}")
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if len(bad):
         raise DataError(f"{source}: {len(bad)} rows contain NaN or inf, e.g. row {int(bad[0])}")
+    zero = np.flatnonzero(~emb.any(axis=1))
+    if len(zero):
+        raise DataError(
+            f"{source}: {len(zero)} of {emb.shape[0]} rows are all zeros, e.g. item {int(zero[0])}; "
+            "check that every item has text in the embedded fields"
+        )
+    if emb.shape[0] > 1 and (emb == emb[0]).all():
+        raise DataError(f"{source}: every row is the same vector, so the items cannot be told apart")
     return emb
 
 

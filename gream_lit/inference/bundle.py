@@ -24,13 +24,13 @@ import torch
 from gream_lit.data import compact_format as compact
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.padding import pad
+from gream_lit.data.semantic_index import HANDOFF_INDEX_FILE as INDEX_FILE
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
 
 BUNDLE_FILE = "gream_bundle.json"
-INDEX_FILE = "index.json"
 LOGITS_VOCABS = ("full", "ids")
 
 
@@ -172,7 +172,7 @@ def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Re
     if spec.get("format_version") != 1:
         raise ValueError(f"{spec_path}: unknown format_version {spec.get('format_version')!r}")
     model = load_causal_lm(str(folder)).to(device)
-    index = SemanticIndex.from_json(folder / INDEX_FILE, n_items=len(spec["item_ids"]))
+    index = SemanticIndex.from_json(folder / INDEX_FILE, n_items=len(spec["item_ids"]), unique=True)
     return Recommender(
         model,
         load_tokenizer(str(folder)),

@@ -11,7 +11,7 @@ import logging
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.semantic_index import SemanticIndex, check_handoff_index
 from gream_lit.modeling.backbone import load_backbone
 from gream_lit.modeling.lora import LoraOptions, apply_lora
 from gream_lit.modeling.tiny import TINY_WORDS, tiny_causal_lm, tiny_word_tokenizer
@@ -47,6 +47,7 @@ def load_policy(
         )
         token_ids = require_index_tokens(tokenizer, index)
     else:
+        check_handoff_index(index, backbone, "the RL stage's index")
         model, tokenizer = load_backbone(backbone, dtype=dtype)
         add_index_tokens(tokenizer, index)
         token_ids = extend_model_vocab(model, tokenizer, index)

@@ -115,7 +115,7 @@ class RLDataModule(CatalogDataModule):
     def load(self):
         catalog = super().load()
         if self.index is None:
-            self.index = SemanticIndex.from_json(Path(self.index_path), n_items=catalog.n_items)
+            self.index = SemanticIndex.from_json(Path(self.index_path), n_items=catalog.n_items, unique=True)
             if self.prompt_format == "compact" and len(set(self.index.lengths().tolist())) > 1:
                 raise DataError(
                     f"{self.index_path}: compact RL prompts need IDs of one length (the SFT layout pads "

@@ -41,6 +41,10 @@ class OpenAITeacher(Teacher):
     ``api_key_env`` names the environment variable holding the key (never the key itself, so configs
     can be shared); leave it ``None`` for local servers without auth. ``extra_body`` is merged into
     every request (e.g. ``{"reasoning_effort": "low"}`` as the official GREAM scripts send).
+
+    Until the endpoint has sent any HTTP response, a request that times out or cannot connect gets
+    two tries of ``first_contact_s / 2`` seconds, not ``max_retries`` of ``timeout_s``: a dead or hung
+    server is reported in under a minute instead of after hours of retries over every request.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class OpenAITeacher(Teacher):
         max_retries: int = 5,
         backoff_s: float = 1.0,
         max_workers: int = 8,
+        first_contact_s: float = 50.0,
     ) -> None:
         if max_retries < 0 or max_workers < 1:
             raise ValueError(f"max_retries must be >= 0 and max_workers >= 1, got {max_retries}, {max_workers}")
@@ -68,6 +73,8 @@ class OpenAITeacher(Teacher):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_workers = max_workers
+        self.first_contact_s = first_contact_s
+        self._reached = False  # set by the first HTTP response of any status
 
     @property
     def teacher_id(self) -> str:
@@ -92,21 +99,23 @@ class OpenAITeacher(Teacher):
         body.update(self.extra_body)
         return json.dumps(body).encode("utf-8")
 
-    def _post_once(self, messages: Messages) -> str:
+    def _post_once(self, messages: Messages, timeout: float) -> str:
         req = urllib.request.Request(self.url, data=self._body(messages), headers=self._headers(), method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                self._reached = True
                 raw = resp.read()
         except urllib.error.HTTPError as e:
+            self._reached = True
             detail = e.read()[:300].decode("utf-8", "replace")
             if e.code == 429 or e.code >= 500:
                 raise _Retryable(f"HTTP {e.code}: {detail}") from None
             raise TeacherError(f"HTTP {e.code} from {self.url}: {detail}") from None
         except TimeoutError as e:
-            raise _Retryable(f"timeout after {self.timeout_s}s") from e
+            raise _Retryable(f"timeout after {timeout:g}s") from e
         except urllib.error.URLError as e:
             if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise _Retryable(f"timeout after {self.timeout_s}s") from e
+                raise _Retryable(f"timeout after {timeout:g}s") from e
             raise _Retryable(f"connection error: {e.reason}") from e
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
@@ -120,10 +129,17 @@ class OpenAITeacher(Teacher):
         validate_messages(messages)
         last = ""
         for attempt in range(self.max_retries + 1):
+            reached = self._reached
+            timeout = self.timeout_s if reached else min(self.timeout_s, self.first_contact_s / 2)
             try:
-                return self._post_once(messages)
+                return self._post_once(messages, timeout)
             except _Retryable as e:
                 last = str(e)
+                if not reached and not self._reached and attempt >= 1:
+                    raise TeacherError(
+                        f"{describe_request(messages)}: {self.url} has not answered any request ({last}, "
+                        f"{attempt + 1} tries); is the server running and base_url right? (first_contact_s)"
+                    ) from None
                 if attempt < self.max_retries:
                     delay = self.backoff_s * 2**attempt
                     log.warning("%s: %s; retry %d/%d in %.1fs", self.url, last, attempt + 1, self.max_retries, delay)

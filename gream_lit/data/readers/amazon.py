@@ -32,12 +32,16 @@ def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
     opener = gzip.open if path.suffix == ".gz" else open
     seen = False
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with opener(path, "rb") as f:  # bytes, decoded per line, so a bad byte is reported at its line
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: line {n}: not UTF-8 ({e.reason}); re-save the file as UTF-8") from e
                 if line.strip():
                     seen = True
                     yield n, line
-    except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as e:
+    except (EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     if not seen:
         raise DataError(f"{path}: file is empty")

@@ -14,7 +14,14 @@ log = logging.getLogger(__name__)
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: byte {raw[e.start]:#04x} at offset {e.start} is not UTF-8; re-save the file as UTF-8"
+        ) from e
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     try:
