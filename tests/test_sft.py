@@ -219,7 +219,7 @@ def test_lora_checkpoints_hold_only_trained_weights_and_test_from_them(tmp_path,
 
 
 def test_a_bfloat16_test_runs_from_the_checkpoint(tmp_path, capsys):
-    """``test_dtype: bfloat16`` tests every user with a bfloat16 copy; the fp32 weights stay as trained."""
+    """``test_dtype: bfloat16`` tests every user from the slim checkpoint with a bfloat16 copy of the model."""
     _, config, run = fit_tiny(tmp_path)
     (ckpt,) = (run / "checkpoints").glob("*.ckpt")
     out = tmp_path / "bf16"

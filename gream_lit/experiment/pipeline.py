@@ -420,10 +420,15 @@ def _with_logging(trainer: dict[str, Any], stage_dir: Path) -> None:
             args.setdefault("version", "")
 
 
+def merged_stage(exp: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """A stage's own keys over the experiment's ``defaults``, references as written."""
+    return deep_merge(exp.get("defaults") or {}, exp["stages"][stage])
+
+
 def stage_config(exp: Mapping[str, Any], run: RunDir, stage: str) -> dict[str, Any]:
     """The LightningCLI config for one stage, references resolved, run-directory paths filled in."""
     order = list(exp["stages"])
-    raw = deep_merge(exp.get("defaults") or {}, exp["stages"][stage])
+    raw = merged_stage(exp, stage)
     config = resolve_refs({k: v for k, v in raw.items() if k not in PIPELINE_KEYS}, run, stage, order)
     config.setdefault("seed_everything", exp.get("seed_everything", 0))
     trainer = config.setdefault("trainer", {})
@@ -719,7 +724,7 @@ def format_stage_configs(exp: Mapping[str, Any], run: RunDir, only: str | None =
         try:
             config, note = stage_config(exp, run, stage), f"resolved in {run.root}"
         except PipelineError as err:
-            config = deep_merge(exp.get("defaults") or {}, exp["stages"][stage])
+            config = merged_stage(exp, stage)
             note = f"references unresolved until earlier stages finish ({err})"
         parts.append(f"# stage {stage}: {note}\n{yaml.safe_dump(config, sort_keys=False)}")
     return "\n".join(parts)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def rebase(node: Any, old: str, new: str) -> Any:
     return node
 
 
-def recorded_root(config: dict[str, Any], stage_dir: Path) -> Path | None:
+def recorded_root(config: dict[str, Any]) -> Path | None:
     """The run root a stage's saved config was written for: its checkpoint folder's grandparent or
     its file logger's folder's parent (``None`` when the config names neither)."""
     trainer = config.get("trainer") or {}
@@ -49,15 +48,15 @@ def recorded_root(config: dict[str, Any], stage_dir: Path) -> Path | None:
     return None
 
 
-def _stage_configs(root: Path) -> Iterator[Path]:
-    return (p for p in sorted(root.glob("*/config.yaml")))
+def _stage_configs(root: Path) -> list[Path]:
+    return sorted(root.glob("*/config.yaml"))
 
 
 def moved_from(root: Path) -> Path | None:
     """The root this run directory's records point at, when that is not ``root`` itself."""
     for path in _stage_configs(root):
         config = yaml.safe_load(path.read_text()) or {}
-        old = recorded_root(config, path.parent)
+        old = recorded_root(config)
         if old is not None and old != root:
             return old
     return None
