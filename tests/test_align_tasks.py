@@ -8,13 +8,14 @@ import logging
 import numpy as np
 import pytest
 
-from gream_lit.alignment.sft_data import BucketBatchSampler, encode_sample
+from gream_lit.alignment.sft_data import BucketBatchSampler, encode_sample, shortest_encoding
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
 from gream_lit.alignment.tasks.builders import clean_title
+from gream_lit.curriculum.cot import CotSample
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import leave_one_out
-from gream_lit.data.text_format import TaskSample
+from gream_lit.data.text_format import TaskSample, format_response, parse_reasoning
 from gream_lit.modeling.tiny import tiny_chat_tokenizer
 from gream_lit.modeling.vocab import add_index_tokens
 
@@ -137,6 +138,25 @@ def test_overlong_prompt_drops_oldest_history_only():
     assert text.endswith(sids[5] + "<|im_end|>")
     # not even one history item fits: the sample is dropped, never cut inside the instruction
     assert encode_sample(tok, sample, None, max_length=20) is None
+
+
+def test_an_overlong_cot_sample_drops_its_oldest_history_items_from_prompt_and_rewrite():
+    tok, sids = _encoded_tokenizer()
+    history = tuple(sids[:5])
+    rewrite = [sids[0], sids[3], sids[4]]
+    sample = CotSample("cot", "Bought: {history}. Next?", history, format_response("Step 1: x.", rewrite, sids[5]))
+    full = encode_sample(tok, sample, None, max_length=10_000)
+    per_item = len(tok(sids[0] + ", ", add_special_tokens=False)["input_ids"])
+    # two items too long for the full prompt and rewrite: the oldest item leaves both
+    enc = encode_sample(tok, sample, None, max_length=len(full["input_ids"]) - 2 * per_item + 1)
+    text = tok.decode(enc["input_ids"])
+    assert "Bought: " + ", ".join(history[1:]) + ". Next?" in text
+    answer = tok.decode([i for i, label in zip(enc["input_ids"], enc["labels"]) if label != -100])
+    parsed = parse_reasoning(answer)
+    assert parsed.ok and parsed.rewrite == [sids[3], sids[4]] and parsed.answer == sids[5]
+    # the shortest keeps one item in the prompt (three fewer) and one in the rewrite (one fewer)
+    assert len(enc["input_ids"]) == shortest_encoding(tok, sample, None) + 4 * per_item
+    assert encode_sample(tok, sample, None, max_length=shortest_encoding(tok, sample, None) - 1) is None
 
 
 def test_bucket_sampler_covers_all_and_groups_lengths():

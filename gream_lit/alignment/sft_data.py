@@ -20,7 +20,7 @@ from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load
 from gream_lit.alignment.tasks.builders import clean_title
 from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
-from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt
+from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt, prompt_ids
 from gream_lit.data.padding import pad
 from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.semantic_index import SemanticIndex, check_handoff_index
@@ -53,12 +53,28 @@ def answer_text(tokenizer, response: str) -> str:
 
 def encode_sample(tokenizer, sample: TaskSample, system: str | None, max_length: int) -> dict | None:
     """``input_ids`` and ``labels`` (``-100`` on system+user) of one sample, or ``None`` if it cannot
-    fit ``max_length`` without cutting the instruction or the answer."""
-    answer = tokenizer(answer_text(tokenizer, sample.response), add_special_tokens=False)["input_ids"]
-    prompt = fit_prompt(tokenizer, sample, system, max_length - len(answer))
-    if prompt is None:
-        return None
-    return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+    fit ``max_length`` without cutting the instruction or the answer.
+
+    The oldest history items are left out until it fits (at least one stays), and the answer follows the
+    shortened prompt (a reasoning sample's rewrite loses the items its prompt no longer shows)."""
+    keep_min = 1 if sample.history else 0
+    answers: dict[str, list[int]] = {}
+    for drop in range(len(sample.history) - keep_min + 1):
+        response = sample.response_for(drop)
+        if response not in answers:
+            answers[response] = tokenizer(answer_text(tokenizer, response), add_special_tokens=False)["input_ids"]
+        answer = answers[response]
+        prompt = prompt_ids(tokenizer, sample.messages(system, drop)[:-1])
+        if len(prompt) + len(answer) <= max_length:
+            return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+    return None
+
+
+def shortest_encoding(tokenizer, sample: TaskSample, system: str | None) -> int:
+    """Tokens ``sample`` needs with all but one history item left out: the least ``max_length`` it fits."""
+    drop = max(len(sample.history) - 1, 0)
+    answer = tokenizer(answer_text(tokenizer, sample.response_for(drop)), add_special_tokens=False)["input_ids"]
+    return len(prompt_ids(tokenizer, sample.messages(system, drop)[:-1])) + len(answer)
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -36,6 +36,9 @@ from gream_lit.data.text_format import (
     REASONING_TEMPLATES,
     TaskSample,
     format_response,
+    parse_reasoning,
+    replace_rewrite,
+    visible_rewrite,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +136,14 @@ class CotSample(TaskSample):
     def messages(self, system: str | None = None, drop: int = 0) -> list[dict[str, str]]:
         """Chat messages; the sample's own reasoning system prompt unless ``system`` overrides it."""
         return super().messages(self.system if system is None else system, drop)
+
+    def response_for(self, drop: int = 0) -> str:
+        """The response whose rewritten history holds only items the shortened prompt still shows."""
+        if drop == 0 or not self.history:
+            return self.response
+        return replace_rewrite(
+            self.response, visible_rewrite(self.history, parse_reasoning(self.response).rewrite, drop)
+        )
 
 
 @dataclass

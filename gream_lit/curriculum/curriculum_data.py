@@ -15,7 +15,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample
+from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample, shortest_encoding
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
 from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
 from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
@@ -147,13 +147,16 @@ class CurriculumDataModule(AlignmentDataModule):
         )
         if self.task_specs["seqdense"].enabled:
             align += [{**row, "kind": "align"} for row in self.dense_rows()]
-        reason = self._encode(self._cot_samples(), None, "cot") if self.cot else []
+        cot = self._cot_samples() if self.cot else []
+        reason = self._encode(cot, None, "cot")
         if not align:
             raise ValueError(f"no alignment sample fits max_length={self.max_length}")
         if self.cot and not reason:
+            shortest = min(shortest_encoding(self.tokenizer, s, None) for s in cot)
             raise ValueError(
-                f"every CoT sample is longer than max_length={self.max_length} tokens (prompt and answer); "
-                "raise max_length, lower max_history, or set cot: false"
+                f"every CoT sample is longer than max_length={self.max_length} tokens, even with its prompt "
+                f"cut to one history item (the shortest needs {shortest} tokens); raise max_length, "
+                "or set cot: false"
             )
         self.train_data, self.mix_stats = mix(
             align, reason, self.schedule, self.batch_size, self.seed, self.n_stages, self.reason_passes

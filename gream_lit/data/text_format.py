@@ -57,11 +57,16 @@ class TaskSample:
         """The user turn with the ``drop`` oldest history items left out."""
         return self.template.format(history=HISTORY_SEP.join(self.history[drop:]), **self.fields)
 
+    def response_for(self, drop: int = 0) -> str:
+        """The answer to the prompt without the ``drop`` oldest history items (the same answer here;
+        a reasoning sample also leaves them out of its rewritten history)."""
+        return self.response
+
     def messages(self, system: str | None = SYSTEM_PROMPT, drop: int = 0) -> list[dict[str, str]]:
         head = [{"role": "system", "content": system}] if system is not None else []
         return head + [
             {"role": "user", "content": self.prompt(drop)},
-            {"role": "assistant", "content": self.response},
+            {"role": "assistant", "content": self.response_for(drop)},
         ]
 
 
@@ -126,3 +131,32 @@ def parse_reasoning(text: str) -> ParsedReasoning:
     else:
         failure = None
     return ParsedReasoning(think, rewrite, answer_tokens, failure is None, failure)
+
+
+def visible_rewrite(history: Sequence[str], rewrite: Sequence[str], drop: int) -> list[str]:
+    """The rewritten history a prompt without the ``drop`` oldest ``history`` items can justify.
+
+    ``rewrite`` is a subsequence of ``history`` (the denoised rewrite keeps order); its entries matched to
+    dropped positions go. Entries that match no history item stay. When nothing visible is left, the whole
+    visible history is the rewrite, the denoising rule for an intent that matches no item."""
+    kept, pos = [], 0
+    for sid in rewrite:
+        at = next((i for i in range(pos, len(history)) if history[i] == sid), None)
+        if at is None:
+            kept.append(sid)
+            continue
+        pos = at + 1
+        if at >= drop:
+            kept.append(sid)
+    return kept or list(history[drop:])
+
+
+def replace_rewrite(response: str, rewrite: Sequence[str]) -> str:
+    """``response`` with the IDs of its rewritten history replaced by ``rewrite``; every other character
+    is kept. A response without a rewrite line is returned unchanged."""
+    m = _REWRITE_RE.search(response, max(response.find("</think>"), 0))
+    if m is None:
+        return response
+    line = m.group(1).split("<answer>")[0].rstrip().rstrip(".")
+    start = m.start(1)
+    return response[:start] + HISTORY_SEP.join(rewrite) + response[start + len(line) :]
