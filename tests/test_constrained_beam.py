@@ -95,6 +95,18 @@ def test_deterministic() -> None:
     assert torch.equal(a.items, b.items) and torch.equal(a.scores, b.scores)
 
 
+def test_a_cache_bound_searches_a_few_users_at_a_time_with_the_same_result() -> None:
+    ids = random_catalog(12, 3, seed=2)
+    model = tiny_causal_lm(VOCAB, arch="llama", seed=4)
+    tables = build_prefix_tables(ids, EOS)
+    input_ids, mask = left_padded(prompts_for(6))  # prompts of 7, 3 and 11 tokens, padded to 11
+    whole = constrained_beam_search(model, input_ids, mask, tables, num_beams=5)
+    # 5 beams x 11 tokens = 55 cached tokens per user: a bound of 60 searches one user at a time
+    one_by_one = constrained_beam_search(model, input_ids, mask, tables, num_beams=5, max_cache_tokens=60)
+    assert torch.equal(whole.items, one_by_one.items) and torch.equal(whole.tokens, one_by_one.tokens)
+    torch.testing.assert_close(whole.scores, one_by_one.scores, atol=1e-5, rtol=1e-5)
+
+
 def test_empty_allowed_set_raises() -> None:
     tables = build_prefix_tables(random_catalog(5, 2, seed=0), EOS)
     tables.valid[1] = torch.zeros_like(tables.valid[1])

@@ -12,6 +12,7 @@ import yaml
 
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.experiment.cli import main
+from gream_lit.experiment.pipeline import PipelineError
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 N_ITEMS = 12
@@ -180,6 +181,17 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     items = bundle["item_ids"]
     ranked = load_recommender(run / "rl" / "hf" / "model").recommend(items[:3], k=3)
     assert len(ranked) == 3 and set(ranked) <= set(items)
+    # TensorBoard's hparams tab shows each stage's test NDCG@10, not Lightning's placeholder -1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for stage in ("align", "rl"):
+        hp = []
+        for events in (run / stage).rglob("events.out.tfevents.*"):
+            acc = EventAccumulator(str(events))
+            acc.Reload()
+            hp += [e.value for e in acc.Scalars("hp_metric")] if "hp_metric" in acc.Tags()["scalars"] else []
+        ndcg = json.loads((run / stage / "metrics.json").read_text())[f"{stage}/test/ndcg@10"]
+        assert pytest.approx(ndcg) in hp
 
     # a rerun finds every stage finished and trains nothing
     done = {stage: (run / stage / "DONE").read_text() for stage in ("index", "align", "rl")}
@@ -215,3 +227,78 @@ def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_diffe
     assert main(["report", str(run), "--out", str(tmp_path / "report"), "--baseline", f"{run}:align"]) == 0
     printed = capsys.readouterr().out
     assert "| tiny_gream | rl | 4 | ndcg@10 |" in printed and "on 4 |" in printed
+
+
+def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: Path, capsys) -> None:
+    """index -> align -> curriculum, then ``predict`` on the run directory: every stage that ranks items
+    writes its test users' ranked raw item ids; the curriculum also in reasoning mode, with the text it
+    wrote; its bundle recommends from raw ids in both modes."""
+    paths = write_inputs(tmp_path)
+    words = ["drill", "screw", "tape", "glove", "clamp", "saw", "bolt", "nut", "wire", "lamp", "fan", "hook"]
+    items = {  # text the template teacher can reason about
+        str(i): {"title": f"{w.title()} model {i}", "description": f"A sturdy {w} for the workshop."}
+        for i, w in enumerate(words)
+    }
+    (Path(paths["data_dir"]) / "Toy.item.json").write_text(json.dumps(items))
+    exp = experiment(paths)
+    align = exp["stages"].pop("align")
+    exp["stages"].pop("rl")
+    curriculum = {
+        "model": {
+            "class_path": "gream_lit.curriculum.reasoning_module.ReasoningSFTModule",
+            "init_args": {
+                **align["model"]["init_args"],
+                "stage": "curriculum",
+                "reasoning": {"max_new_tokens": 6, "num_beams": 4},
+            },
+        },
+        "data": {
+            "class_path": "gream_lit.curriculum.curriculum_data.CurriculumDataModule",
+            "init_args": {
+                **align["data"]["init_args"],
+                "backbone": "${prev.artifacts.model}",
+                "teacher": {"kind": "template"},
+                "max_length": 4096,
+                "tasks": {"seqrec": {"data_samples": 8}, "item2index": {"enabled": False}},
+            },
+        },
+        "trainer": align["trainer"],
+        "artifacts": {"model": "hf/adapter"},
+    }
+    exp["stages"].update(align=align, curriculum=curriculum)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))  # stage order is pipeline order
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    capsys.readouterr()
+
+    assert main(["predict", str(run)]) == 0
+    out = capsys.readouterr().out
+    catalogue = json.loads((run / "curriculum" / "hf" / "adapter" / "gream_bundle.json").read_text())["item_ids"]
+    tested = {
+        stage: len((run / stage / "test_per_user.jsonl").read_text().splitlines()) for stage in ("align", "curriculum")
+    }
+    for stage in ("align", "curriculum"):
+        rows = [json.loads(line) for line in (run / stage / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == tested[stage] and f"stage {stage}: {len(rows)} users" in out
+        assert all(0 < len(r["items"]) <= 4 and set(r["items"]) <= set(catalogue) for r in rows)
+        assert all("reasoning" not in r for r in rows)
+    assert not (run / "index" / "predictions.jsonl").exists()  # the index stage ranks nothing
+
+    assert main(["predict", str(run), "--stage", "curriculum", "--mode", "reasoning"]) == 0
+    rows = [json.loads(line) for line in (run / "curriculum" / "predictions_reasoning.jsonl").read_text().splitlines()]
+    assert len(rows) == tested["curriculum"]
+    assert all(set(r["items"]) <= set(catalogue) and r["reasoning"].startswith("<think>") for r in rows)
+    with pytest.raises(PipelineError, match="stage 'align' cannot predict: it has no reasoning mode"):
+        main(["predict", str(run), "--stage", "align", "--mode", "reasoning"])
+
+    from gream_lit import load_recommender
+
+    rec = load_recommender(run / "curriculum" / "hf" / "adapter")
+    history = catalogue[:3]
+    assert set(rec.recommend(history, k=3)) <= set(catalogue)
+    items, text = rec.recommend_with_reasoning(history, k=3)
+    assert 0 < len(items) <= 3 and set(items) <= set(catalogue) and text.startswith("<think>")
+    assert rec.recommend_many([history], k=3, mode="reasoning") == [items]  # greedy thinking: the same answer
+    with pytest.raises(ValueError, match="not trained to reason"):
+        load_recommender(run / "align" / "hf" / "adapter").recommend(history, mode="reasoning")

@@ -60,6 +60,7 @@ class TinyRegressor(L.LightningModule):
         lr: float = 0.05,
         step_sleep: float = 0.0,
         log_prefix: str = "tiny",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,7 +78,9 @@ class TinyRegressor(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         time.sleep(self.hparams.step_sleep)
-        return self._loss(batch)
+        x, y = batch
+        x = torch.nn.functional.dropout(x, self.hparams.dropout)  # draws from torch's stream, as LoRA dropout does
+        return torch.nn.functional.mse_loss(self.layer(x), y)
 
     def validation_step(self, batch, batch_idx):
         self.log(f"{self.hparams.log_prefix}/val/loss", self._loss(batch))
@@ -93,7 +96,7 @@ class TinyRegressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0) -> Path:
+def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0, dropout: float = 0.0) -> Path:
     trainer = {
         "include": str(REPO / "configs/trainer/cpu.yaml"),
         "max_epochs": max_epochs,
@@ -120,6 +123,7 @@ def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0
                         "init_path": "${prev.artifacts.weights|null}",
                         "log_prefix": "second",
                         "step_sleep": step_sleep,
+                        "dropout": dropout,
                     },
                 },
             },
@@ -276,6 +280,55 @@ def test_sigkill_mid_stage_then_rerun_resumes_from_last_checkpoint(tmp_path):
     record = json.loads((run / "second" / "DONE").read_text())
     assert record["resumed_from"] == str(last)
     assert torch.load(last, weights_only=False)["epoch"] == 11
+
+
+def test_a_run_killed_mid_stage_and_rerun_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    """Shuffled batches and dropout draw from the random streams; the checkpoint carries them (RngState),
+    so the resumed run draws what the uninterrupted run drew: same weights, same metrics, bit for bit."""
+    exp = tiny_experiment(tmp_path, max_epochs=8, step_sleep=0.03, dropout=0.3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+
+    def fit(run: Path) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "gream_lit", "fit", "--config", str(exp), "--run_dir", str(run)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert fit(whole).wait() == 0
+    proc = fit(killed)
+    last = killed / "second" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.1)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert fit(killed).wait() == 0
+    starts = (killed / "second" / "starts.txt").read_text().split()
+    assert len(starts) == 2 and int(starts[1]) > 0  # it did resume, not start over
+
+    def final(run: Path) -> tuple[dict, dict]:
+        metrics = json.loads((run / "second" / "metrics.json").read_text())
+        return metrics, torch.load(run / "second" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    (m_whole, w_whole), (m_killed, w_killed) = final(whole), final(killed)
+    assert m_killed == m_whole
+    assert all(torch.equal(w_killed[k], w_whole[k]) for k in w_whole)
+
+
+def test_rng_states_survive_a_weights_only_checkpoint_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from gream_lit.experiment.rng_state import collect_rng_states, set_rng_states
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    torch.save(collect_rng_states(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all() and expected[2] == again[2]
 
 
 def test_a_cut_short_last_checkpoint_falls_back_to_the_newest_readable_one(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from torch.utils.tensorboard import SummaryWriter
 
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.pipeline import PipelineError
@@ -26,6 +27,9 @@ def fake_run(root: Path, name: str, seed: int, ndcg: float, lr: float = 0.001) -
     (run / "sasrec" / "config.yaml").write_text(yaml.safe_dump(cfg))
     metrics = {"sasrec/test/ndcg@10": ndcg, "sasrec/val/ndcg@10": ndcg + 0.01}
     (run / "sasrec" / "metrics.json").write_text(json.dumps(metrics))
+    with SummaryWriter(str(run / "sasrec" / "tb")) as writer:  # a validation curve: ndcg + step / 10
+        for step in (0, 10):
+            writer.add_scalar("sasrec/val/ndcg@10", ndcg + step / 10, step)
     return run
 
 
@@ -47,14 +51,22 @@ def test_report_groups_seeds_writes_table_plots_and_hparams(tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out)]) == 0
 
-    table = pd.read_csv(out / "report.csv")
+    table = pd.read_csv(out / "report.csv")  # long format: one row per experiment, stage and metric
     assert list(table["experiment"]) == ["full", "no_align"] and list(table["runs"]) == [2, 1]
-    assert table["sasrec/test/ndcg@10"].tolist() == pytest.approx([0.2, 0.5])
-    assert table["sasrec/test/ndcg@10_std"].tolist() == pytest.approx([math.sqrt(0.02), 0.0])
-    assert "sasrec/val/ndcg@10" not in table  # default pattern keeps test metrics
+    assert list(table["stage"]) == ["sasrec", "sasrec"] and list(table["metric"]) == ["test/ndcg@10"] * 2
+    assert table["mean"].tolist() == pytest.approx([0.2, 0.5])
+    assert table["std"].tolist() == pytest.approx([math.sqrt(0.02), 0.0])
+    assert list(table["users"]) == ["-", "-"]  # no per-user test files in these runs
     md = (out / "report.md").read_text()
-    assert "| full | 2 | 0.2000 ± 0.1414 (0.1000 0.3000) |" in md and "| no_align | 1 | 0.5000 |" in md
-    assert (out / "sasrec_test_ndcg@10.png").stat().st_size > 0
+    assert "| full | sasrec | test/ndcg@10 | 2 | - | 0.2000 ± 0.1414 (0.1 0.3) |" in md
+    assert "| no_align | sasrec | test/ndcg@10 | 1 | - | 0.5000 |" in md
+    assert (out / "test_ndcg@10.png").stat().st_size > 0
+    assert (out / "curve_sasrec_val_ndcg@10.png").stat().st_size > 0
+    curves = pd.read_csv(out / "curves.csv")
+    full = curves[curves["experiment"] == "full"].sort_values("step")
+    # seeds 1 and 2 logged 0.1+s/10 and 0.3+s/10 at steps 0 and 10: mean 0.2 / 1.2, std sqrt(0.02)
+    assert full["step"].tolist() == [0, 10] and full["mean"].tolist() == pytest.approx([0.2, 1.2])
+    assert full["std"].tolist() == pytest.approx([math.sqrt(0.02)] * 2) and full["runs"].tolist() == [2, 2]
 
     tb = EventAccumulator(str(out / "tensorboard" / f"no_align__{single.name}"))
     tb.Reload()

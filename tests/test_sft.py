@@ -344,3 +344,23 @@ def test_a_slim_lora_checkpoint_resumes_training_with_its_optimizer_state(tmp_pa
     assert moved  # trained on from the restored adapter
     steps = [s["step"] for s in second["optimizer_states"][0]["state"].values()]
     assert all(float(step) == 6 for step in steps)  # AdamW moments carried over, not restarted
+
+
+def test_training_logs_lr_grad_norm_tokens_per_second_and_decoded_examples(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    paths = write_toy_dataset(tmp_path)
+    cfg = tiny_config(paths)
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path)}}
+    cfg["trainer"].update(logger=logger, log_every_n_steps=1)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(config), "--test_after_fit", "false"]) == 0
+    (events,) = tmp_path.rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert "sft/train/lr" in scalars  # 0 at the first warm-up step
+    for tag in ("sft/train/tokens_per_s", "sft/train/grad_norm"):
+        assert tag in scalars and all(e.value > 0 for e in acc.Scalars(tag))
+    assert any(tag.startswith("sft/val/decoded") for tag in acc.Tags()["tensors"])

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.pipeline import PipelineError, is_pipeline_file, load_experiment
-from gream_lit.experiment.sweep import Sweep, objective_value, suggest
+from gream_lit.experiment.sweep import Sweep, objective_value, suggest, worker_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "tiny/val/score"
@@ -124,3 +130,75 @@ def test_objective_prefers_the_monitored_best_score():
     assert objective_value({"monitor": None, "best_score": 0.7}, metrics, METRIC) == 0.3
     with pytest.raises(PipelineError, match="logged no 'other'"):
         objective_value({"monitor": None}, metrics, "other")
+
+
+def test_worker_samplers_are_seeded_apart():
+    spec = {"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 5}}
+    assert worker_sampler(spec, 2)["init_args"]["seed"] == 7 and spec["init_args"]["seed"] == 5
+    assert worker_sampler({"class_path": "optuna.samplers.RandomSampler"}, 3)["init_args"] == {}
+    with pytest.raises(PipelineError, match="--worker must be >= 0"):
+        worker_sampler(spec, -1)
+
+
+def two_worker_sweep(tmp_path: Path) -> Path:
+    path = sweep_file(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sweep"].pop("enqueue")
+    cfg["sweep"]["pruner"] = None
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_two_workers_on_one_study_never_run_the_same_trial(tmp_path):
+    """The issue's reproduction: with one hard-coded seed, worker B's first trial equalled worker A's."""
+    config, runs = two_worker_sweep(tmp_path), tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "gream_lit", "sweep", "--config", str(config), "--n_trials", "3"]
+    workers = [
+        subprocess.Popen([*cmd, "--runs_root", str(runs), "--worker", str(w)], env=env, stdout=subprocess.DEVNULL)
+        for w in (0, 1)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    trials = Sweep(config, runs).study.trials
+    scores = [t.params["stages.tiny.model.init_args.score"] for t in trials]
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(set(scores)) == 6
+    assert {p.name for p in (runs / "sweep_tiny").glob("trial_*")} == {f"trial_{t.number}" for t in trials}
+
+
+def test_a_dead_workers_trial_is_failed_and_retried_in_its_run_directory(tmp_path):
+    config, runs = two_worker_sweep(tmp_path), tmp_path / "runs"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["sweep"].update(heartbeat_interval=1, grace_period=2)
+    config.write_text(yaml.safe_dump(cfg))
+    sweep = Sweep(config, runs)
+    key = "stages.tiny.model.init_args.score"
+    dead = sweep.study.ask({key: optuna.distributions.FloatDistribution(0.0, 1.0)})
+    sweep.study._storage.record_heartbeat(dead._trial_id)  # its worker beat once, then died
+    time.sleep(3)
+    sweep.optimize(1)
+    trials = sweep.study.trials
+    S = optuna.trial.TrialState
+    assert [t.state for t in trials] == [S.FAIL, S.COMPLETE]
+    assert trials[1].params[key] == dead.params[key]
+    assert trials[1].user_attrs["run_dir"] == str((runs / "sweep_tiny" / "trial_0").resolve())
+
+
+def test_stages_before_the_swept_one_run_once_and_every_trial_starts_from_them(tmp_path):
+    config, runs = two_worker_sweep(tmp_path), tmp_path / "runs"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["stages"] = {"up": copy.deepcopy(cfg["stages"]["tiny"]), **cfg["stages"]}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))  # stage order is pipeline order
+    sweep = Sweep(config, runs)
+    assert sweep.upstream_stages() == ["up"]
+    sweep.optimize(2)
+    root = runs / "sweep_tiny"
+    done = json.loads((root / "upstream" / "up" / "DONE").read_text())
+    for n in (0, 1):
+        copied = json.loads((root / f"trial_{n}" / "up" / "DONE").read_text())
+        assert copied["finished"] == done["finished"]  # not trained again
+        assert copied["ckpt"].startswith(str((root / f"trial_{n}").resolve()))  # re-pointed at the trial
+        assert (root / f"trial_{n}" / "tiny" / "DONE").is_file()
+    assert not (root / "upstream" / "tiny").exists()
+    ckpt = Path(done["ckpt"])
+    assert os.path.samefile(ckpt, root / "trial_0" / "up" / ckpt.relative_to(root / "upstream" / "up"))

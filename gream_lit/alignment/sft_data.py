@@ -368,3 +368,7 @@ class AlignmentDataModule(CatalogDataModule):
         if self.item2index_probe:
             return [self._eval_loader("test"), self._eval_loader("item2index")]
         return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test users' prompts: ``predict`` ranks what ``test`` scores."""
+        return self._eval_loader("test")

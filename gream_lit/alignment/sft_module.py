@@ -8,18 +8,23 @@ over the index's IDs, then Recall/NDCG/MRR@K over the full catalogue.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import grad_norm
 from peft import PeftModel
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from gream_lit.alignment.sft_data import label_index as flat_label_index
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, id_vocab, index_token_ids
+from gream_lit.inference.reasoning import ReasoningOptions
 from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
@@ -196,8 +201,25 @@ class SFTModule(L.LightningModule):
         loss = assistant_token_loss(hidden, batch["labels"], head, batch.get("label_index"), vocab)
         if self._check_finite() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log(f"{self.hparams.stage}/train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        stage, size = self.hparams.stage, batch["input_ids"].shape[0]
+        self.log(f"{stage}/train/loss", loss, prog_bar=True, batch_size=size)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log(f"{stage}/train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
         return loss
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Tokens trained per second (non-padding tokens of the batch over its forward, backward and step)."""
+        seconds = time.perf_counter() - self._batch_start
+        tokens = float(batch["attention_mask"].sum())
+        self.log(f"{self.hparams.stage}/train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self, norm_type=2)
+        if norms:
+            self.log(f"{self.hparams.stage}/train/grad_norm", norms["grad_2.0_norm_total"], batch_size=1)
 
     def _check_finite(self) -> bool:
         """Every step on the CPU; on an accelerator only at logging steps, since reading the loss makes
@@ -238,13 +260,30 @@ class SFTModule(L.LightningModule):
                 self.log_dict(metrics.compute(), add_dataloader_idx=False)
                 metrics.reset()
 
-    def _direct_step(self, split: str, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+    def _direct_step(
+        self, split: str, batch: dict[str, torch.Tensor], dataloader_idx: int, batch_idx: int = -1
+    ) -> dict[str, torch.Tensor]:
         items = self.recommend(batch)
         self._metrics(split, dataloader_idx).update(items, batch["target"])
+        if split == "val" and batch_idx == 0 and dataloader_idx == 0:
+            self._log_decoded(batch["target"], items)
         return {"user": batch.get("user"), "target": batch["target"], "items": items}
 
+    def _log_decoded(self, target: torch.Tensor, items: torch.Tensor, n: int = 3) -> None:
+        """A few validation users' target and top-3 items by title, as TensorBoard text."""
+        catalog = getattr(self.trainer.datamodule, "catalog", None)
+        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if catalog is None or not loggers or not self.trainer.is_global_zero:
+            return
+        lines = ["| target | top 3 (hit in bold) |", "|---|---|"]
+        for t, row in zip(target[:n].tolist(), items[:n].tolist()):
+            top = [f"**{catalog.title(i)}**" if i == t else catalog.title(i) for i in row[:3] if i >= 0]
+            lines.append(f"| {catalog.title(t)} | {'; '.join(top)} |")
+        for logger in loggers:
+            logger.experiment.add_text(f"{self.hparams.stage}/val/decoded", "\n".join(lines), self.global_step)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self._direct_step("val", batch, dataloader_idx)
+        return self._direct_step("val", batch, dataloader_idx, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -259,9 +298,22 @@ class SFTModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+        self._end_search()
+
+    def _end_search(self) -> None:
         self._search = []
         if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
             self.model.unmerge_adapter()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Ranked items of the test users' prompts (``inference.PredictionWriter`` writes raw ids)."""
+        return {"user": batch["user"], "items": self.recommend(batch)}
+
+    def on_predict_epoch_start(self) -> None:
+        self.on_test_epoch_start()
+
+    def on_predict_epoch_end(self) -> None:
+        self._end_search()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -317,8 +369,13 @@ class SFTModule(L.LightningModule):
                     self.hparams.logits_vocab,
                     self.hparams.num_beams,
                     self.hparams.stage,
+                    self.bundle_reasoning(),
                 )
         return out
+
+    def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
+        """The reasoning mode the hand-off bundle offers: none for a stage that only learned IDs."""
+        return None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Under LoRA keep only what is trained (adapter, ID-token rows): tens of MB instead of a copy

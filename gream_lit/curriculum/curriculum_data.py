@@ -185,9 +185,11 @@ class CurriculumDataModule(AlignmentDataModule):
     def eval_prompt_layout(self) -> DirectPrompt:
         """Reasoning mode: the reasoning template as a chat turn under the reasoning system prompt,
         whatever ``prompt_format`` (the model writes text before its answer)."""
-        if self.eval_mode == "direct":
-            return super().eval_prompt_layout()
-        return DirectPrompt("chat", self.max_length, self.max_history, self.eval_system_prompt, REASONING_EVAL_TEMPLATE)
+        return super().eval_prompt_layout() if self.eval_mode == "direct" else self.reasoning_prompt()
+
+    def reasoning_prompt(self) -> DirectPrompt:
+        """The reasoning-mode prompt: the reasoning template as a chat turn under the reasoning system prompt."""
+        return DirectPrompt("chat", self.max_length, self.max_history, REASONING_SYSTEM_PROMPT, REASONING_EVAL_TEMPLATE)
 
     def _collate_train(self, rows: list[dict]) -> dict:
         """Marks batches with chain-of-thought rows ``full_vocab``: their targets are text, so a module

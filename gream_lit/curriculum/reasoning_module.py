@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric
 
 from gream_lit.alignment.sft_module import SFTModule
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.text_format import PARSE_FAILURES
 from gream_lit.inference.reasoning import (
     ReasoningOptions,
@@ -71,7 +72,7 @@ class ReasoningSFTModule(SFTModule):
 
     def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> dict:
         if not self._reasoning_on(dataloader_idx):
-            return self._direct_step(split, batch, dataloader_idx)
+            return self._direct_step(split, batch, dataloader_idx, batch_idx)
         result = self.reason(batch)
         self._metrics(split, 0).update(result.items, batch["target"])
         self.parse_rates[split].update(result.parsed.float().to(self.device))
@@ -112,3 +113,14 @@ class ReasoningSFTModule(SFTModule):
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_rates("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Reasoning mode adds, per user, the text the model wrote (``PredictionWriter``: ``reasoning``)."""
+        if not self._reasoning_on(dataloader_idx):
+            return super().predict_step(batch, batch_idx, dataloader_idx)
+        result = self.reason(batch)
+        return {"user": batch["user"], "items": result.items, "texts": result.texts}
+
+    def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
+        prompt = getattr(self.trainer.datamodule, "reasoning_prompt", None)
+        return None if prompt is None else (self.reasoning, prompt())

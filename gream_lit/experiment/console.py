@@ -4,7 +4,8 @@ Filtered by their exact text, so a new or different warning still shows:
 - Lightning's tips to install litlogger / litmodels (an INFO line per trainer);
 - the ``LeafSpec`` deprecation torch raises from Lightning's own pytree helper;
 - LightningCLI's notice that ``args=`` and ``sys.argv`` are both set: the pipeline builds each stage's
-  ``args`` on purpose while ``sys.argv`` holds the pipeline's command line.
+  ``args`` on purpose while ``sys.argv`` holds the pipeline's command line;
+- Optuna's notices that the heartbeat a sweep's workers beat is an experimental feature.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def quiet_third_party() -> None:
     """Install the filters (idempotent)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+    warnings.filterwarnings(
+        "ignore", message=r".*(heartbeat_interval``|RetryHeartbeatStaleTrialCallback\S*) is (an )?experimental"
+    )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from gream_lit.experiment.per_user import PerUserResults
 from gream_lit.experiment.resource_usage import ResourceUsage
+from gream_lit.experiment.rng_state import RngState
 from gream_lit.tables import print_metric_table
 
 
@@ -25,6 +27,21 @@ def explicit_model_keys(args: list[str]) -> list[str]:
     return keys
 
 
+HEADLINE = "/test/ndcg@10"
+
+
+def log_headline(trainer) -> float | None:
+    """The test's NDCG@10 as TensorBoard's ``hp_metric`` (Lightning writes -1 there at the start), so the
+    hparams tab shows each stage's headline metric; returns it (``None``: the test logged none)."""
+    values = [float(v) for k, v in trainer.callback_metrics.items() if k.endswith(HEADLINE)]
+    if not values:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_metrics({"hp_metric": values[0]}, step=trainer.global_step)
+    return values[0]
+
+
 class GreamCLI(LightningCLI):
     """LightningCLI that tests the best checkpoint after ``fit`` and prints every metric table.
 
@@ -33,7 +50,8 @@ class GreamCLI(LightningCLI):
     checkpoint fills the model's arguments and the command line's model flags still win.
     Every test writes per-user results (``per_user.PerUserResults``) into ``per_user_dir``
     (``None``: the logger's folder), and every run its wall time and peak memory per phase
-    (``resource_usage.ResourceUsage``) into the same folder.
+    (``resource_usage.ResourceUsage``) into the same folder. Checkpoints carry the random-number streams
+    (``rng_state.RngState``), so a resumed run draws what the uninterrupted one would have.
     """
 
     def __init__(self, *args, per_user_dir: str | None = None, **kwargs) -> None:
@@ -45,6 +63,7 @@ class GreamCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(PerUserResults(self.per_user_dir))
         trainer.callbacks.append(ResourceUsage(self.per_user_dir))
+        trainer.callbacks.append(RngState())
         return trainer
 
     def _parse_ckpt_path(self) -> None:
@@ -77,10 +96,12 @@ class GreamCLI(LightningCLI):
                 else None
             )
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
+            log_headline(self.trainer)
             print_metric_table(results[0] if results else {}, title=f"test ({ckpt or 'last'} checkpoint)")
 
     def after_validate(self) -> None:
         print_metric_table(self.trainer.callback_metrics, title="validate")
 
     def after_test(self) -> None:
+        log_headline(self.trainer)
         print_metric_table(self.trainer.callback_metrics, title="test")

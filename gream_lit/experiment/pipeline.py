@@ -33,6 +33,8 @@ import argparse
 import copy
 import difflib
 import fcntl
+import importlib
+import inspect
 import json
 import logging
 import math
@@ -55,6 +57,7 @@ from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
 from gream_lit.experiment.per_user import read_per_user
 from gream_lit.experiment.relocation import adopt_moved_run
 from gream_lit.inference.bundle import add_metrics
+from gream_lit.inference.direct_eval import PredictionWriter
 from gream_lit.tables import format_stage_table, print_metric_table
 
 log = logging.getLogger(__name__)
@@ -469,13 +472,17 @@ class StageCLI(GreamCLI):
 
 
 def run_lightning(
-    command: str, config_path: Path, ckpt_path: str | None = None, callbacks: Sequence[L.Callback] = ()
+    command: str,
+    config_path: Path,
+    ckpt_path: str | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    overrides: Sequence[str] = (),
 ) -> tuple[L.Trainer, dict[str, float]]:
-    """One LightningCLI command on a saved config; returns the trainer and every finite metric it logged.
-
-    After ``fit`` that is the last validation plus the test of the best checkpoint.
+    """One LightningCLI command on a saved config (``overrides``: extra command-line flags); returns the
+    trainer and every finite metric it logged. After ``fit`` that is the last validation plus the test of
+    the best checkpoint.
     """
-    args = [command, "--config", str(config_path)]
+    args = [command, "--config", str(config_path), *overrides]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
     cli = StageCLI(
@@ -677,6 +684,58 @@ def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str
     return results
 
 
+PREDICT_MODES = ("direct", "reasoning")
+
+
+def _stage_class(config: Mapping[str, Any], part: str) -> type | None:
+    spec = config.get(part)
+    path = spec.get("class_path") if isinstance(spec, Mapping) else spec
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
+
+
+def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> dict[str, Path]:
+    """``predict`` with every finished stage's best checkpoint that can rank items: the stage's test users,
+    ranked raw item ids per user (``reasoning`` mode: and the text each wrote) in
+    ``<stage>/predictions[_reasoning].jsonl``; returns those files by stage."""
+    if mode not in PREDICT_MODES:
+        raise PipelineError(f"--mode {mode!r}; expected one of {PREDICT_MODES}")
+    adopt_moved_run(run.root)
+    exp = run.experiment()
+    if only is not None and only not in exp["stages"]:
+        raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
+    out = {}
+    for stage in exp["stages"]:
+        if only is not None and stage != only:
+            continue
+        record = run.done(stage)
+        if record is None:
+            if only is not None:
+                raise PipelineError(f"stage {stage!r} in {run.root} has not finished")
+            log.warning("stage %s: not finished, skipping predict", stage)
+            continue
+        config_path = run.stage_dir(stage) / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        model_cls, data_cls = _stage_class(config, "model"), _stage_class(config, "data")
+        skip = None
+        if model_cls is None or model_cls.predict_step is L.LightningModule.predict_step:
+            skip = "its model ranks no items"
+        elif mode == "reasoning" and (data_cls is None or "eval_mode" not in inspect.signature(data_cls).parameters):
+            skip = "it has no reasoning mode (a curriculum stage has)"
+        if skip:
+            if only is not None:
+                raise PipelineError(f"stage {stage!r} cannot predict: {skip}")
+            log.warning("stage %s: skipping predict, %s", stage, skip)
+            continue
+        path = run.stage_dir(stage) / f"predictions{'_reasoning' if mode == 'reasoning' else ''}.jsonl"
+        overrides = ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
+        run_lightning("predict", config_path, record["ckpt"] or None, [PredictionWriter(str(path))], overrides)
+        out[stage] = path
+    return out
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -697,7 +756,7 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
         allow_abbrev=False,
         add_help=add_help,
     )
-    p.add_argument("target", nargs="?", help="a finished run directory (validate/test)")
+    p.add_argument("target", nargs="?", help="a finished run directory (validate/test/predict)")
     p.add_argument("-c", "--config", help="experiment file (top-level 'stages:')")
     p.add_argument("--stage", help="run only this stage")
     p.add_argument("--runs_root", default="runs", help="run directories go to <runs_root>/<name>")
@@ -711,6 +770,10 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.sasrec.trainer.max_epochs=2"
     )
+    if command == "predict":
+        p.add_argument(
+            "--mode", default="direct", choices=PREDICT_MODES, help="reasoning: think, then answer (curriculum stages)"
+        )
     return p
 
 
@@ -746,9 +809,13 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
         return None
     args = _parser(command).parse_args(list(argv))
     if is_run_dir:
-        if command not in ("validate", "test"):
-            raise PipelineError(f"'{command}' on a run directory is not supported; use validate or test")
         run = RunDir(args.target)
+        if command == "predict":
+            for stage, path in predict_run(run, args.stage, args.mode).items():
+                rank_zero_only(print)(f"predict: stage {stage}: {sum(1 for _ in path.open())} users -> {path}")
+            return 0
+        if command not in ("validate", "test"):
+            raise PipelineError(f"'{command}' on a run directory is not supported; use validate, test or predict")
         results = evaluate_run(command, run, args.stage)
     else:
         exp = load_experiment(args.config, _parse_set(args.set), args.seed)

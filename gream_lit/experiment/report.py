@@ -1,8 +1,12 @@
 """Compare finished runs: ``python -m gream_lit report <run dirs> --out DIR [--baseline RUN[:STAGE]]``.
 
 Runs are grouped by experiment name (so seeds of one experiment pool into mean ± sample std) and
-written as ``report.md``, ``report.csv``, one PNG bar plot per metric, and a TensorBoard hparams view
-(``tensorboard --logdir DIR/tensorboard``) with each run's hyperparameters next to its metrics.
+written in long format, one row per experiment, stage (pipeline order) and metric with its number of
+runs and tested users, as ``report.md`` and ``report.csv``; one grouped bar chart per metric (stages on
+the x axis, a bar per experiment, std over seeds as error bars); validation learning curves from the
+stages' TensorBoard files (``curves.csv``, ``curve_<stage>_<metric>.png``: mean over seeds ± std); and
+a TensorBoard hparams view (``tensorboard --logdir DIR/tensorboard``) with each run's hyperparameters
+next to its metrics.
 
 Stages that wrote per-user test results (``test_per_user.jsonl``) also get ``intervals.md`` /
 ``intervals.csv``: each metric with its 95% bootstrap interval over users and the number of users,
@@ -32,6 +36,7 @@ from gream_lit.experiment.pipeline import PipelineError
 
 DEFAULT_METRICS = ("*/test/*",)
 INTERVAL_METRICS = ("recall@10", "ndcg@10")
+CURVE_METRICS = ("val/ndcg@10", "val/recall@10", "val/reward")
 
 
 @dataclass
@@ -112,45 +117,83 @@ def select_metrics(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """``align/test/ndcg@10`` -> (``align``, ``test/ndcg@10``); a key without a stage keeps it whole."""
+    stage, sep, rest = key.partition("/")
+    return (stage, rest) if sep else ("", key)
+
+
+def stage_order(runs: Sequence[Run]) -> list[str]:
+    """Stages in pipeline order (first-seen across runs)."""
+    order: list[str] = []
+    for run in runs:
+        order += [s for s in run.stages if s not in order]
+    return order
+
+
+def tested_users(runs: Sequence[Run], stage: str) -> str:
+    """Users in the stage's per-user test files (``n``, or ``low-high`` when seeds differ; ``-``: none)."""
+    counts = sorted({len(r) for r in (per_user_ranks(run.path, stage) for run in runs) if r is not None})
+    if not counts:
+        return "-"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
 def aggregate(runs: Sequence[Run], metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per experiment (first-seen order): ``runs`` and ``<metric>`` / ``<metric>_std`` /
-    ``<metric>_values`` (each seed's value, in run order) columns."""
+    """Long format, one row per (experiment, stage, metric): experiments in first-seen order, stages in
+    pipeline order; ``runs`` (seeds), ``users`` (per-user test files), ``mean``, ``std`` (sample, over
+    seeds) and ``values`` (each seed's value, in run order)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.experiment, []).append(run)
+    order = stage_order(runs)
+    keys = sorted(metrics, key=lambda k: (order.index(split_key(k)[0]) if split_key(k)[0] in order else len(order), k))
     rows = []
     for name, members in groups.items():
-        row: dict[str, Any] = {"experiment": name, "runs": len(members)}
-        for metric in metrics:
-            values = [r.metrics[metric] for r in members if metric in r.metrics]
-            row[metric], row[f"{metric}_std"] = mean_std(values) if values else (math.nan, math.nan)
-            row[f"{metric}_values"] = " ".join(f"{v:.4f}" for v in values)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def to_markdown(table: pd.DataFrame, metrics: Sequence[str]) -> str:
-    """``mean ± std (each seed)`` cells; a single run shows its value alone."""
-    lines = ["| experiment | runs | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
-    for _, row in table.iterrows():
-        cells = []
-        for m in metrics:
-            mean, std = row[m], row[f"{m}_std"]
-            seeds = f" ({row[f'{m}_values']})" if row["runs"] > 1 else ""
-            cells.append(
-                "-" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}{seeds}" if row["runs"] > 1 else f"{mean:.4f}"
+        for key in keys:
+            values = [r.metrics[key] for r in members if key in r.metrics]
+            if not values:
+                continue
+            stage, metric = split_key(key)
+            mean, std = mean_std(values)
+            rows.append(
+                {
+                    "experiment": name,
+                    "stage": stage,
+                    "metric": metric,
+                    "runs": len(values),
+                    "users": tested_users(members, stage),
+                    "mean": mean,
+                    "std": std,
+                    "values": " ".join(f"{v:.4g}" for v in values),
+                }
             )
-        lines.append(f"| {row['experiment']} | {row['runs']} | " + " | ".join(cells) + " |")
+    return pd.DataFrame(rows, columns=["experiment", "stage", "metric", "runs", "users", "mean", "std", "values"])
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """One line per (experiment, stage, metric): ``mean ± std (each seed)``, a single run its value alone."""
+    lines = ["| experiment | stage | metric | runs | users | value |", "|---|---|---|---:|---:|---|"]
+    for _, r in table.iterrows():
+        value = stats.fmt(r["mean"])
+        if r["runs"] > 1:
+            value += f" ± {stats.fmt(r['std'])} ({r['values']})"
+        lines.append(f"| {r['experiment']} | {r['stage']} | {r['metric']} | {r['runs']} | {r['users']} | {value} |")
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, ylabel: str, path: Path) -> Path:
-    """One bar per label with error bars (``err``: symmetric values or a ``[2, n]`` low/high array)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, ylabel: str, path: Path) -> Path:
+    """One bar per label with error bars (``err``: symmetric values or a ``[2, n]`` low/high array)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 1.5), 3.5))
     ax.bar(list(labels), list(values), yerr=err, capsize=4, color="tab:blue")
     ax.set_title(title)
@@ -162,19 +205,90 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, y
     return path
 
 
-def plot_metrics(table: pd.DataFrame, metrics: Sequence[str], out: Path) -> list[Path]:
-    """One bar chart per metric, experiments side by side, error bars = std over seeds."""
+def grouped_bar_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Stages on the x axis (pipeline order), one bar per experiment in each, error bars = std over seeds."""
+    plt = _pyplot()
+    part = table[table["metric"] == metric]
+    stages = list(dict.fromkeys(part["stage"]))
+    experiments = list(dict.fromkeys(part["experiment"]))
+    width = 0.8 / len(experiments)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(stages) * max(1, len(experiments) / 2) + 2), 3.8))
+    for k, exp in enumerate(experiments):
+        rows = part[part["experiment"] == exp].set_index("stage")
+        xs = [i + (k - (len(experiments) - 1) / 2) * width for i, st in enumerate(stages) if st in rows.index]
+        present = [st for st in stages if st in rows.index]
+        ax.bar(xs, rows.loc[present, "mean"], width, yerr=rows.loc[present, "std"], capsize=3, label=exp)
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_title(f"{metric} by stage (error bars: std over seeds)")
+    ax.set_ylabel(metric.rsplit("/", 1)[-1])
+    if len(experiments) > 1:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(table: pd.DataFrame, out: Path) -> list[Path]:
+    """One grouped bar chart per metric (``test/ndcg@10``, ...), every stage and experiment in it."""
     return [
-        bar_chart(
-            table["experiment"],
-            table[m],
-            table[f"{m}_std"],
-            m,
-            m.rsplit("/", 1)[-1],
-            out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', m)}.png",
-        )
-        for m in metrics
+        grouped_bar_chart(table, metric, out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', metric)}.png")
+        for metric in dict.fromkeys(table["metric"])
     ]
+
+
+def learning_curves(runs: Sequence[Run], tags: Sequence[str] = CURVE_METRICS) -> pd.DataFrame:
+    """Validation curves from the stages' TensorBoard files: (experiment, stage, metric, step) rows with
+    the mean and std over seeds of the value logged at that step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = []
+    for run in runs:
+        for stage in run.stages:
+            for events in sorted((run.path / stage).rglob("events.out.tfevents.*")):
+                acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+                acc.Reload()
+                for tag in acc.Tags()["scalars"]:
+                    stage_of, metric = split_key(tag)
+                    if stage_of == stage and metric in tags:
+                        rows += [
+                            {
+                                "experiment": run.experiment,
+                                "run": run.path.name,
+                                "stage": stage,
+                                "metric": metric,
+                                "step": e.step,
+                                "value": e.value,
+                            }
+                            for e in acc.Scalars(tag)
+                        ]
+    if not rows:
+        return pd.DataFrame(columns=["experiment", "stage", "metric", "step", "mean", "std", "runs"])
+    frame = pd.DataFrame(rows).groupby(["experiment", "stage", "metric", "step", "run"], sort=False).last()
+    grouped = frame.groupby(["experiment", "stage", "metric", "step"], sort=False)["value"]
+    curves = grouped.agg(["mean", "count"]).join(grouped.std(ddof=1).fillna(0.0).rename("std"))
+    return curves.rename(columns={"count": "runs"}).reset_index()
+
+
+def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
+    """One figure per (stage, metric): each experiment's mean curve over seeds with a ± std band."""
+    plt = _pyplot()
+    paths = []
+    for (stage, metric), part in curves.groupby(["stage", "metric"], sort=False):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for exp, line in part.groupby("experiment", sort=False):
+            line = line.sort_values("step")
+            ax.plot(line["step"], line["mean"], marker="o", label=f"{exp} ({int(line['runs'].max())} runs)")
+            ax.fill_between(line["step"], line["mean"] - line["std"], line["mean"] + line["std"], alpha=0.2)
+        ax.set_title(f"{stage}: {metric}")
+        ax.set_xlabel("training step")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out / f"curve_{stage}_{re.sub(r'[^A-Za-z0-9@._-]+', '_', metric)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def log_hparams(runs: Sequence[Run], out: Path) -> None:
@@ -326,9 +440,13 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs, metrics)
-    (out / "report.md").write_text(to_markdown(table, metrics))
+    (out / "report.md").write_text(to_markdown(table))
     table.to_csv(out / "report.csv", index=False)
-    plot_metrics(table, metrics, out)
+    plot_metrics(table, out)
+    curves = learning_curves(runs)
+    if not curves.empty:
+        curves.to_csv(out / "curves.csv", index=False)
+        plot_curves(curves, out)
     log_hparams(runs, out)
     base = parse_baseline(baseline) if baseline else None
     intervals = interval_rows(runs, baseline=base)

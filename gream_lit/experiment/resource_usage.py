@@ -1,4 +1,4 @@
-"""Wall time and peak resident memory of every phase of a run: load, train, validate, test.
+"""Wall time and peak resident memory of every phase of a run: load, train, validate, test, predict.
 
 A process's ``ru_maxrss`` only says the largest footprint it ever had; to find which phase sets it (the
 longest training batches, beam-search KV caches, a second model copy) a background thread samples the
@@ -100,6 +100,10 @@ class ResourceUsage(L.Callback):
         self._stack = ["test"]
         self._switch("test")
 
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stack = ["predict"]
+        self._switch("predict")
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._thread is not None:
             self._stop.set()
@@ -113,7 +117,7 @@ class ResourceUsage(L.Callback):
 
     def write(self, path: Path) -> Path:
         """Per phase ``peak_rss_gb`` and ``seconds``, plus the overall peak. A run that trains writes
-        ``resources.json``; a later ``validate``/``test`` of it, ``test_resources.json``."""
+        ``resources.json``; a later ``validate``/``test``/``predict`` of it, ``<command>_resources.json``."""
         path.parent.mkdir(parents=True, exist_ok=True)
         peak = max((p["peak_rss_gb"] for p in self.phases.values()), default=0.0)
         path.write_text(json.dumps({"peak_rss_gb": peak, "phases": self.phases}, indent=2))

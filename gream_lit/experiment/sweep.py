@@ -7,7 +7,10 @@ A sweep file is an experiment file (``stages:``, usually through ``include:``) p
       direction: maximize
       stage: sasrec                     # objective stage (default: the last one)
       storage: null                     # default sqlite:///<runs_root>/<name>/optuna.db; any DB URL
-      sampler: {class_path: optuna.samplers.TPESampler, init_args: {seed: 0}}
+      sampler: {class_path: optuna.samplers.TPESampler, init_args: {seed: 0}}   # worker w uses seed + w
+      heartbeat_interval: 60            # seconds; a trial whose worker stopped beating for
+      grace_period: 180                 #   grace_period is failed and retried (max_retry times)
+      max_retry: 1
       pruner: {class_path: optuna.pruners.MedianPruner, init_args: {n_warmup_steps: 2}}  # null: none
       enqueue: [{stages.sasrec.model.init_args.lr: 0.001}]   # trials to run first
       space:
@@ -17,22 +20,37 @@ A sweep file is an experiment file (``stages:``, usually through ``include:``) p
 
 Each trial is a pipeline run in ``<runs_root>/<name>/trial_<n>``; the objective stage gets a pruning
 callback that reports the metric after every validation. The trial's value is the best score of the
-stage's ModelCheckpoint when it monitors the metric (the tested checkpoint), else the last logged value. The study resumes (``load_if_exists``),
-failed trials are recorded and the study goes on, and the best trial is written as a ready experiment
-(``best.yaml``: ``python -m gream_lit fit --config .../best.yaml``).
+stage's ModelCheckpoint when it monitors the metric (the tested checkpoint), else the last logged value.
+The study resumes (``load_if_exists``), failed trials are recorded and the study goes on, and the best
+trial is written as a ready experiment (``best.yaml``: ``python -m gream_lit fit --config .../best.yaml``).
+
+Stages before the first one a swept key touches (an index, say, when the space is the alignment's
+learning rates) are the same in every trial: they run once in ``<runs_root>/<name>/upstream`` and each
+trial starts from a copy of them (checkpoints and weights hard-linked, records re-pointed at the trial).
+
+Many workers, one study: start each with the same ``--storage`` (e.g. ``postgresql://...``) and its own
+``--worker`` number. Worker ``w`` seeds its sampler with ``seed + w``, so no two workers propose the same
+trials. Workers beat a heartbeat; when one dies, the next worker to start a trial fails the dead one's
+trial and retries it with the same parameters in the same run directory, where it resumes from the
+checkpoint the dead worker left.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import importlib
 import logging
+import os
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 from optuna_integration import PyTorchLightningPruningCallback
 
@@ -41,6 +59,7 @@ from gream_lit.experiment.pipeline import PipelineError, RunDir, load_experiment
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLER = {"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 0}}
+HEARTBEAT = {"heartbeat_interval": 60, "grace_period": 180, "max_retry": 1}
 DEFAULT_PRUNER = {"class_path": "optuna.pruners.MedianPruner", "init_args": {}}
 
 
@@ -72,6 +91,43 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict
     return params
 
 
+def worker_sampler(spec: Mapping[str, Any], worker: int) -> dict[str, Any]:
+    """The sampler spec with ``seed + worker`` (a sampler without a seed stays unseeded)."""
+    if worker < 0:
+        raise PipelineError(f"--worker must be >= 0, got {worker}")
+    spec = copy.deepcopy(dict(spec))
+    args = spec.setdefault("init_args", {}) or {}
+    if args.get("seed") is not None:
+        args["seed"] = int(args["seed"]) + worker
+    spec["init_args"] = args
+    return spec
+
+
+def rdb_storage(url: str, cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
+    """An RDB storage whose workers beat a heartbeat; a trial without one for ``grace_period`` seconds
+    fails and is retried up to ``max_retry`` times (``RetryHeartbeatStaleTrialCallback``)."""
+    opts = {k: cfg.get(k, v) for k, v in HEARTBEAT.items()}
+    if opts["grace_period"] <= opts["heartbeat_interval"]:
+        raise PipelineError(f"sweep.grace_period must exceed sweep.heartbeat_interval, got {opts}")
+
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=opts["heartbeat_interval"],
+            grace_period=opts["grace_period"],
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=opts["max_retry"]
+            ),
+        )
+
+    for attempt in range(4):
+        try:
+            return connect()
+        except sqlalchemy.exc.OperationalError:  # workers started together race to create the tables
+            time.sleep(0.5 * (attempt + 1))
+    return connect()
+
+
 def with_params(exp: Mapping[str, Any], params: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The experiment with sweep values set, renamed, without its ``sweep`` section."""
     out = copy.deepcopy({k: v for k, v in exp.items() if k != "sweep"})
@@ -97,7 +153,9 @@ def objective_value(record: Mapping[str, Any], metrics: Mapping[str, float], met
 class Sweep:
     """One study over one experiment; ``optimize`` may be called again to add trials."""
 
-    def __init__(self, config: str | Path, runs_root: str | Path = "runs", storage: str | None = None) -> None:
+    def __init__(
+        self, config: str | Path, runs_root: str | Path = "runs", storage: str | None = None, worker: int = 0
+    ) -> None:
         self.exp = load_experiment(config)
         cfg = self.exp.get("sweep") or {}
         for key in ("metric", "space"):
@@ -112,21 +170,56 @@ class Sweep:
         self.root.mkdir(parents=True, exist_ok=True)
         pruner = cfg.get("pruner", DEFAULT_PRUNER)
         self.prune = pruner is not None
+        url = storage or cfg.get("storage") or f"sqlite:///{self.root.resolve() / 'optuna.db'}"
         self.study = optuna.create_study(
             study_name=self.name,
-            storage=storage or cfg.get("storage") or f"sqlite:///{self.root.resolve() / 'optuna.db'}",
-            sampler=instantiate(cfg.get("sampler") or DEFAULT_SAMPLER),
+            storage=rdb_storage(url, cfg),
+            sampler=instantiate(worker_sampler(cfg.get("sampler") or DEFAULT_SAMPLER, worker)),
             pruner=instantiate(pruner) if self.prune else optuna.pruners.NopPruner(),
             direction=cfg.get("direction", "maximize"),
             load_if_exists=True,
         )
 
+    def upstream_stages(self) -> list[str]:
+        """Stages before the first one a swept key touches (none when a key is not under ``stages.``)."""
+        order = list(self.exp["stages"])
+        touched = []
+        for key in self.cfg["space"]:
+            parts = key.split(".")
+            if len(parts) < 2 or parts[0] != "stages" or parts[1] not in order:
+                return []
+            touched.append(order.index(parts[1]))
+        return order[: min(touched)]
+
+    def _seed_upstream(self, run_dir: Path) -> None:
+        """Run the upstream stages once (one worker at a time) and copy them into ``run_dir``."""
+        stages = self.upstream_stages()
+        if not stages:
+            return
+        upstream = self.root / "upstream"
+        base = with_params(self.exp, {}, f"{self.name}_upstream")
+        with (self.root / "upstream.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # other workers wait here until the stages are done
+            try:
+                for stage in stages:
+                    run_experiment(base, upstream, only=stage)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        for stage in stages:
+            if not (run_dir / stage).exists():
+                shutil.copytree(upstream / stage, run_dir / stage, copy_function=_link_or_copy)
+
     def objective(self, trial: optuna.Trial) -> float:
-        exp = with_params(self.exp, suggest(trial, self.cfg["space"]), f"{self.name}_trial{trial.number}")
-        run_dir = self.root / f"trial_{trial.number}"
+        # a retried trial continues the dead worker's run directory (and resumes from its checkpoint)
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        number = trial.number if number is None else number
+        exp = with_params(self.exp, suggest(trial, self.cfg["space"]), f"{self.name}_trial{number}")
+        run_dir = self.root / f"trial_{number}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         metric = self.cfg["metric"]
         callbacks = [PyTorchLightningPruningCallback(trial, monitor=metric)] if self.prune else []
+        self._seed_upstream(run_dir)
         results = run_experiment(exp, run_dir, callbacks={self.stage: callbacks})
         return objective_value(RunDir(run_dir).done(self.stage), results[self.stage], metric)
 
@@ -156,6 +249,15 @@ class Sweep:
         return "\n".join(rows)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link weights and checkpoints (read-only once a stage is done); copy the text records, which
+    the trial re-points at itself."""
+    if Path(src).suffix in (".ckpt", ".safetensors", ".bin", ".pt", ".npy", ".gguf"):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -172,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--runs_root", "--runs-root", dest="runs_root", default="runs", help="trials go to <runs_root>/<name>/trial_<n>"
     )
     p.add_argument("--export", help="where to write the best experiment (default <runs_root>/<name>/best.yaml)")
+    p.add_argument("--worker", type=int, default=0, help="this worker's number: its sampler seed is seed + worker")
     args = p.parse_args(argv)
-    sweep = Sweep(args.config, args.runs_root, args.storage)
+    sweep = Sweep(args.config, args.runs_root, args.storage, args.worker)
     sweep.optimize(args.n_trials, args.timeout)
     print(sweep.summary(), flush=True)
     best = sweep.export_best(args.export)

@@ -7,16 +7,19 @@ item ids. A stage therefore writes, beside its adapter (or model) and tokenizer:
 - ``index.json``: the semantic-ID index of the catalogue;
 - ``gream_bundle.json``: the raw item ids in index order, the direct-mode prompt layout
   (``data.direct_prompt.DirectPrompt``), the softmax vocabulary (``full`` or ``ids``), the beam count,
-  and, once the pipeline has tested the stage, its test metrics;
+  the reasoning-mode options of a stage trained to reason, and, once the pipeline has tested the stage,
+  its test metrics;
 - ``README.md``: a model card with the same facts.
 
-``Recommender`` runs the same exact trie-constrained beam search as the stage's test.
+``Recommender`` runs the same exact trie-constrained beam search as the stage's test (direct mode), or
+thinks first and then answers with that search (reasoning mode, ``inference.reasoning``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,10 +31,12 @@ from gream_lit.data.semantic_index import HANDOFF_INDEX_FILE as INDEX_FILE
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
+from gream_lit.inference.reasoning import ReasoningOptions, reason_then_rank, sample_and_rank
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
 
 BUNDLE_FILE = "gream_bundle.json"
 LOGITS_VOCABS = ("full", "ids")
+MODES = ("direct", "reasoning")
 
 
 def write_bundle(
@@ -42,8 +47,10 @@ def write_bundle(
     logits_vocab: str = "full",
     num_beams: int = 10,
     stage: str = "",
+    reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None,
 ) -> Path:
-    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter."""
+    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter;
+    ``reasoning``: the decoding options and prompt layout of a stage trained to reason (``None``: not)."""
     if len(item_ids) != index.n_items:
         raise ValueError(f"{len(item_ids)} item ids for an index of {index.n_items} items")
     if logits_vocab not in LOGITS_VOCABS:
@@ -58,6 +65,7 @@ def write_bundle(
         "logits_vocab": logits_vocab,
         "num_beams": num_beams,
         "item_ids": [str(i) for i in item_ids],
+        "reasoning": None if reasoning is None else {"options": asdict(reasoning[0]), "prompt": reasoning[1].to_dict()},
         "metrics": {},
     }
     (folder / BUNDLE_FILE).write_text(json.dumps(spec, indent=1))
@@ -95,11 +103,18 @@ def _write_card(folder: Path, spec: dict) -> None:
         "from gream_lit import load_recommender",
         f"rec = load_recommender({str(folder)!r})",
         "rec.recommend([...raw item ids, oldest first...], k=10)",
+        *(
+            ["rec.recommend_with_reasoning([...], k=10)   # (items, the text it wrote)"]
+            if spec.get("reasoning")
+            else []
+        ),
         "```",
         "",
         f"- catalogue: {len(spec['item_ids'])} items (`index.json`: their semantic IDs)",
         f"- prompt: `{prompt['format']}`, the last {prompt['max_history']} items, at most {prompt['max_length']} tokens",
         f"- softmax over: `{spec['logits_vocab']}` vocabulary; beams: {spec['num_beams']}",
+        "- reasoning mode: "
+        + ("yes (think, then a constrained answer)" if spec.get("reasoning") else "no (direct only)"),
     ]
     if spec["metrics"]:
         lines += ["", "## Test metrics (leave-one-out, full catalogue)", "", "| metric | value |", "|---|---|"]
@@ -119,6 +134,7 @@ class Recommender:
         prompt: DirectPrompt,
         logits_vocab: str = "full",
         num_beams: int = 10,
+        reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -127,6 +143,7 @@ class Recommender:
         self.position = {raw: i for i, raw in enumerate(self.item_ids)}
         self.prompt = prompt
         self.num_beams = num_beams
+        self.reasoning = reasoning
         device = next(model.parameters()).device
         token_ids = index_token_ids(index, tokenizer)
         self.tables = build_prefix_tables(token_ids, tokenizer.eos_token_id).to(device)
@@ -139,27 +156,69 @@ class Recommender:
             raise KeyError(f"items not in this recommender's catalogue: {unknown[:5]}")
         return [self.position[str(h)] for h in history]
 
-    @torch.no_grad()
-    def recommend_many(
-        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16
-    ) -> list[list[str]]:
-        """Top-``k`` raw item ids for each history (raw item ids, oldest first), best first."""
-        if not 1 <= k <= self.num_beams:
-            raise ValueError(f"k={k} must lie in 1..{self.num_beams} (the beams of this recommender)")
+    def _batches(self, histories: Sequence[Sequence[str | int]], prompt: DirectPrompt, batch_size: int):
+        """Left-padded prompt batches for raw-id histories."""
         device = next(self.model.parameters()).device
-        prompts = [self.prompt.encode(self.tokenizer, self.index, self._positions(h), self._rows) for h in histories]
-        out: list[list[str]] = []
+        prompts = [prompt.encode(self.tokenizer, self.index, self._positions(h), self._rows) for h in histories]
         for start in range(0, len(prompts), batch_size):
             rows = prompts[start : start + batch_size]
             ids = pad(rows, self.tokenizer.pad_token_id, left=True).to(device)
-            mask = pad([[1] * len(r) for r in rows], 0, left=True).to(device)
+            yield ids, pad([[1] * len(r) for r in rows], 0, left=True).to(device)
+
+    def _ranked(self, items: torch.Tensor, k: int) -> list[list[str]]:
+        return [[self.item_ids[i] for i in row[:k] if i >= 0] for row in items.tolist()]
+
+    def _check_k(self, k: int, limit: int) -> None:
+        if not 1 <= k <= limit:
+            raise ValueError(f"k={k} must lie in 1..{limit} (the ranked list this recommender decodes)")
+
+    @torch.no_grad()
+    def recommend_many(
+        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16, mode: str = "direct"
+    ) -> list[list[str]]:
+        """Top-``k`` raw item ids for each history (raw item ids, oldest first), best first.
+
+        ``mode="reasoning"`` thinks before answering (``recommend_many_with_reasoning``, texts dropped)."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}; expected one of {MODES}")
+        if mode == "reasoning":
+            return [items for items, _ in self.recommend_many_with_reasoning(histories, k, batch_size)]
+        self._check_k(k, self.num_beams)
+        out: list[list[str]] = []
+        for ids, mask in self._batches(histories, self.prompt, batch_size):
             result = constrained_beam_search(self.model, ids, mask, self.tables, self.num_beams, self.vocab)
-            out += [[self.item_ids[i] for i in row[:k] if i >= 0] for row in result.items.tolist()]
+            out += self._ranked(result.items, k)
         return out
 
-    def recommend(self, history: Sequence[str | int], k: int = 10) -> list[str]:
+    @torch.no_grad()
+    def recommend_many_with_reasoning(
+        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 8
+    ) -> list[tuple[list[str], str]]:
+        """Reasoning mode: per history, the top-``k`` raw item ids and the text the model wrote (its
+        think block and answer). Answers are catalogue items whatever the text: the constrained decoder
+        ranks trie-constrained answer beams, ``sample_rank`` drops unparseable samples."""
+        if self.reasoning is None:
+            raise ValueError(
+                "this stage was not trained to reason (its bundle has no reasoning mode); use mode='direct'"
+            )
+        opts, prompt = self.reasoning
+        self._check_k(k, opts.num_beams if opts.decoder == "constrained" else opts.n)
+        out: list[tuple[list[str], str]] = []
+        for ids, mask in self._batches(histories, prompt, batch_size):
+            if opts.decoder == "constrained":
+                result = reason_then_rank(self.model, self.tokenizer, ids, mask, self.tables, opts)
+            else:
+                result = sample_and_rank(self.model, self.tokenizer, ids, mask, self.index, opts)
+            out += list(zip(self._ranked(result.items, k), result.texts))
+        return out
+
+    def recommend(self, history: Sequence[str | int], k: int = 10, mode: str = "direct") -> list[str]:
         """Top-``k`` raw item ids for one history of raw item ids (oldest first)."""
-        return self.recommend_many([history], k)[0]
+        return self.recommend_many([history], k, mode=mode)[0]
+
+    def recommend_with_reasoning(self, history: Sequence[str | int], k: int = 10) -> tuple[list[str], str]:
+        """Reasoning mode for one history: (top-``k`` raw item ids, the text the model wrote)."""
+        return self.recommend_many_with_reasoning([history], k)[0]
 
 
 def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
@@ -181,4 +240,9 @@ def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Re
         DirectPrompt(**spec["prompt"]),
         spec["logits_vocab"],
         spec["num_beams"],
+        _reasoning(spec.get("reasoning")),
     )
+
+
+def _reasoning(spec: dict | None) -> tuple[ReasoningOptions, DirectPrompt] | None:
+    return None if spec is None else (ReasoningOptions(**spec["options"]), DirectPrompt(**spec["prompt"]))

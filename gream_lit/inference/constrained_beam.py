@@ -29,6 +29,13 @@ from gream_lit.inference.prefix_tables import PrefixTables
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
+def _trim_left(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that pad every row (a chunk of a left-padded batch)."""
+    real = attention_mask.any(0).nonzero()
+    start = int(real[0]) if len(real) else 0
+    return input_ids[:, start:], attention_mask[:, start:]
+
+
 @dataclass
 class BeamResult:
     """Top hypotheses per user, best first.
@@ -184,6 +191,7 @@ def constrained_beam_search(
     tables: PrefixTables,
     num_beams: int = 10,
     vocab: torch.Tensor | None = None,
+    max_cache_tokens: int | None = None,
 ) -> BeamResult:
     """Beam search restricted by ``tables`` for a batch of prompts.
 
@@ -197,6 +205,10 @@ def constrained_beam_search(
             full ranking of the catalogue by sequence log-prob.
         vocab: sorted vocabulary ids to score over (every token of ``tables`` among them); ``None``
             scores over the full vocabulary (see the module docstring).
+        max_cache_tokens: bound on ``users x num_beams x prompt length``, the tokens the KV cache holds
+            once every prompt is copied to its beams: larger batches are searched a few users at a time
+            (same results). A reasoning answer follows a long prompt plus its thinking, where the copies
+            dominate memory; ``None``: no bound.
 
     Raises:
         RuntimeError: a user is left with no live hypothesis (an empty allowed set); the search never
@@ -207,6 +219,15 @@ def constrained_beam_search(
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask must both be [B, T]")
     batch = input_ids.shape[0]
+    if max_cache_tokens is not None and batch > 1 and batch * num_beams * input_ids.shape[1] > max_cache_tokens:
+        users = max(1, max_cache_tokens // (num_beams * input_ids.shape[1]))
+        parts = [
+            constrained_beam_search(
+                model, *_trim_left(input_ids[i : i + users], attention_mask[i : i + users]), tables, num_beams, vocab
+            )
+            for i in range(0, batch, users)
+        ]
+        return BeamResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("items", "scores", "tokens")))
     stepper = _Stepper(model, input_ids, attention_mask, vocab)
     position = None if vocab is None else vocab_positions(vocab, torch.cat([t.reshape(-1) for t in tables.tokens]))
     logits = stepper.prefill()

@@ -118,8 +118,9 @@ class DirectEvaluator(torch.nn.Module):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict_step`` outputs ``{"user": [B], "items": [B, K], "scores": [B, K] (optional)}``
-    as jsonl: raw user id, top-K raw item ids, titles and scores, from the datamodule's catalog.
+    """Writes ``predict_step`` outputs ``{"user": [B], "items": [B, K], "scores": [B, K] (optional),
+    "texts": [B] (optional)}`` as jsonl: raw user id, top-K raw item ids, titles, scores and, in reasoning
+    mode, the text the model wrote (``reasoning``), from the datamodule's catalog.
 
     Args:
         path: output file; truncated when prediction starts.
@@ -138,8 +139,9 @@ class PredictionWriter(BasePredictionWriter):
         users = prediction["user"].tolist()
         items = prediction["items"].tolist()
         scores = prediction["scores"].tolist() if "scores" in prediction else [None] * len(users)
+        texts = prediction.get("texts") or [None] * len(users)
         with self.path.open("a") as f:
-            for user, row, row_scores in zip(users, items, scores):
+            for user, row, row_scores, text in zip(users, items, scores, texts):
                 kept = [i for i in row if i >= 0]
                 record = {
                     "user": catalog.user_ids[user],
@@ -148,4 +150,6 @@ class PredictionWriter(BasePredictionWriter):
                 }
                 if row_scores is not None:
                     record["scores"] = [s for i, s in zip(row, row_scores) if i >= 0]
-                f.write(json.dumps(record) + "\n")
+                if text is not None:
+                    record["reasoning"] = text
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")

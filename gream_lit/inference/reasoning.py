@@ -51,6 +51,10 @@ class ReasoningOptions:
         think_prefix: text forced after the generation prompt.
         forced_answer: appended to a reasoning that never opened ``<answer>``.
         forward_batch_size: sequences per forward pass when scoring samples.
+        answer_cache_tokens: bound on users x beams x (prompt + thinking) tokens of the constrained
+            answer search, which copies each user's long context to its beams
+            (``constrained_beam_search(max_cache_tokens=...)``); larger batches answer a few users at a
+            time, with the same results. 20,000 tokens hold about 0.9 GB of SmolLM2 KV cache in fp32.
     """
 
     decoder: str = "constrained"
@@ -65,6 +69,7 @@ class ReasoningOptions:
     think_prefix: str = "<think>\n"
     forced_answer: str = "\n\n" + ANSWER_INTRO + ANSWER_OPEN
     forward_batch_size: int = 16
+    answer_cache_tokens: int | None = 20_000
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
@@ -206,7 +211,9 @@ def reason_then_rank(
         real = [tok for tok, keep in zip(prompt, m) if keep]
         rows.append(real + tokenizer(opts.think_prefix + reasoning, add_special_tokens=False)["input_ids"])
     answer_ids, answer_mask = left_pad(rows, tokenizer.pad_token_id, input_ids.device)
-    beams = constrained_beam_search(model, answer_ids, answer_mask, tables, opts.num_beams)
+    beams = constrained_beam_search(
+        model, answer_ids, answer_mask, tables, opts.num_beams, max_cache_tokens=opts.answer_cache_tokens
+    )
     best = tokenizer.batch_decode(beams.tokens[:, 0], skip_special_tokens=False)
     eos = tokenizer.eos_token or ""
     full = [reasoning + b.replace(eos, "") + "</answer>" for (reasoning, _), b in zip(cut, best)]

@@ -127,13 +127,19 @@ class RLDataModule(CatalogDataModule):
         return self.index.item_string(item)
 
     def direct_prompt(self, max_prompt_tokens: int) -> DirectPrompt:
-        """The layout of this module's direct-mode prompts (``mode: direct``), for a recommender built
-        from the policy; ``max_prompt_tokens`` is the policy's prompt budget."""
-        if self.mode != "direct":
-            raise DataError(f"RLDataModule: a direct-mode prompt layout needs mode direct, not {self.mode!r}")
+        """The layout of direct-mode prompts for a recommender built from the policy; ``max_prompt_tokens``
+        is the policy's prompt budget. A reasoning policy (``mode: reason``) answers them with an ID
+        without thinking, as the SFT stages' direct test prompts it."""
         if self.prompt_format == "compact":
             return DirectPrompt("compact", max_prompt_tokens + self.index.depth, self.max_history)
-        system = SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt or None
+        system = SYSTEM_PROMPT if self.system_prompt is None or self.mode == "reason" else self.system_prompt or None
+        return DirectPrompt("chat", max_prompt_tokens, self.max_history, system, DIRECT_EVAL_TEMPLATE)
+
+    def reasoning_prompt(self, max_prompt_tokens: int) -> DirectPrompt:
+        """The layout of this module's reasoning-mode evaluation prompts (``mode: reason``)."""
+        if self.mode != "reason":
+            raise DataError(f"RLDataModule: a reasoning prompt layout needs mode reason, not {self.mode!r}")
+        system = REASONING_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt or None
         return DirectPrompt("chat", max_prompt_tokens, self.max_history, system, DIRECT_EVAL_TEMPLATE)
 
     def compact_prompt(self, history: Sequence[int]) -> str:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
+from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.prefix_tables import id_vocab
+from gream_lit.inference.reasoning import ReasoningOptions
 from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
 from gream_lit.inference.search_precision import check_test_dtype, search_model
 from gream_lit.metrics import ranking_metrics
@@ -413,18 +415,8 @@ class SRPOModule(L.LightningModule):
             model = self._search[0] if split == "test" and self._search else self.policy
             result = self.direct_eval.step(self, model, ids, mask, target, split)
             return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
-        rollout = self.engine.generate(self.policy, batch["messages"], sampling)
+        rollout, ranked, _ = self._sample_ranked(batch, sampling)
         results = self.score(rollout.texts, batch["target"], rollout.group_size)
-        with torch.no_grad():
-            logp = self.engine.logprobs(self.policy, rollout)
-        mask = rollout.response_mask.bool()
-        total = torch.where(mask, logp, 0.0).sum(1)
-        total = torch.where(torch.isfinite(total), total, -math.inf).view(-1, sampling.n)
-        items = torch.tensor(
-            [self._lookup.get(parse_answer(t, self.hparams.mode, self._direct_len) or "", -1) for t in rollout.texts]
-        ).view(-1, sampling.n)
-        order = total.cpu().argsort(dim=1, descending=True)
-        ranked = items.gather(1, order)
         target = torch.tensor(batch["item"])
         metrics.update(ranked, target)
         b = len(batch["item"])
@@ -439,6 +431,54 @@ class SRPOModule(L.LightningModule):
         self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=b)
         return {"user": torch.tensor(batch["user"]), "target": target, "items": ranked}
+
+    def _sample_ranked(self, batch: dict, sampling: SamplingConfig) -> tuple[Rollout, torch.Tensor, list[str]]:
+        """``n`` samples per prompt ranked by total log-prob: the rollout, ``[B, n]`` items (``-1``: no
+        item) and each prompt's best-ranked text."""
+        rollout = self.engine.generate(self.policy, batch["messages"], sampling)
+        with torch.no_grad():
+            logp = self.engine.logprobs(self.policy, rollout)
+        mask = rollout.response_mask.bool()
+        total = torch.where(mask, logp, 0.0).sum(1)
+        total = torch.where(torch.isfinite(total), total, -math.inf).view(-1, sampling.n)
+        items = torch.tensor(
+            [self._lookup.get(parse_answer(t, self.hparams.mode, self._direct_len) or "", -1) for t in rollout.texts]
+        ).view(-1, sampling.n)
+        order = total.cpu().argsort(dim=1, descending=True)
+        best = [rollout.texts[row * sampling.n + int(order[row, 0])] for row in range(order.shape[0])]
+        return rollout, items.gather(1, order), best
+
+    def _bundle_reasoning(self, dm) -> tuple[ReasoningOptions, DirectPrompt] | None:
+        """A reasoning-mode policy's bundle ranks ``n`` test samples by log-prob, as its test does."""
+        if self.hparams.mode == "direct":
+            return None
+        test = self.sampling["test"]
+        options = ReasoningOptions(
+            decoder="sample_rank",
+            max_new_tokens=test.max_new_tokens,
+            temperature=test.temperature,
+            top_p=test.top_p,
+            n=test.n,
+            think_prefix="",
+        )
+        return options, dm.reasoning_prompt(self.hparams.max_prompt_tokens)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Ranked items of the test users' prompts, decoded as the stage's test decodes them; sampled
+        decoding adds each user's best-ranked text (``PredictionWriter``: ``reasoning``)."""
+        user = torch.tensor(batch["user"])
+        if self.direct_eval is not None:
+            ids, mask = self.engine.encode(batch["messages"], self.device)
+            model = self._search[0] if self._search else self.policy
+            return {"user": user, "items": self.direct_eval.rank(model, ids, mask).items}
+        _, ranked, best = self._sample_ranked(batch, self.sampling["test"])
+        return {"user": user, "items": ranked, "texts": best}
+
+    def on_predict_epoch_start(self) -> None:
+        self.on_test_epoch_start()
+
+    def on_predict_epoch_end(self) -> None:
+        self.on_test_epoch_end()
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, self.sampling["val"], "val", self.val_metrics)
@@ -471,7 +511,7 @@ class SRPOModule(L.LightningModule):
             self.policy.save_pretrained(self.hparams.export_dir)
             self.tokenizer.save_pretrained(self.hparams.export_dir)
             dm, hp = self.trainer.datamodule, self.hparams
-            if hp.mode == "direct" and hasattr(dm, "direct_prompt"):
+            if hasattr(dm, "direct_prompt"):
                 write_bundle(
                     hp.export_dir,
                     dm.index,
@@ -480,5 +520,6 @@ class SRPOModule(L.LightningModule):
                     hp.logits_vocab,
                     hp.num_beams,
                     "rl",
+                    self._bundle_reasoning(dm),
                 )
             log.info("policy saved to %s", self.hparams.export_dir)
