@@ -302,3 +302,25 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
     assert rec.recommend_many([history], k=3, mode="reasoning") == [items]  # greedy thinking: the same answer
     with pytest.raises(ValueError, match="not trained to reason"):
         load_recommender(run / "align" / "hf" / "adapter").recommend(history, mode="reasoning")
+
+
+def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) -> None:
+    """Without LoRA each checkpoint is a whole model: ``last.ckpt`` links to the kept one."""
+    from gream_lit.experiment.pipeline import resume_checkpoint, trains_full_model
+
+    paths = write_inputs(tmp_path)
+    exp = experiment(paths)
+    exp["stages"].pop("rl")
+    assert trains_full_model(exp["stages"]["align"]) is False  # LoRA: slim checkpoints, a copy each
+    exp["stages"]["align"]["model"]["init_args"].pop("lora")
+    exp["stages"]["align"]["artifacts"] = {"model": "hf/model"}  # a full model is handed off
+    assert trains_full_model(exp["stages"]["align"]) is True
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    ckpts = run / "align" / "checkpoints"
+    last = ckpts / "last.ckpt"
+    files = [p for p in ckpts.iterdir() if p.is_file() and not p.is_symlink()]
+    assert last.is_symlink() and len(files) == 1 and last.resolve() == files[0].resolve()
+    assert resume_checkpoint(ckpts) == str(last)

@@ -346,6 +346,9 @@ def test_a_cut_short_last_checkpoint_falls_back_to_the_newest_readable_one(tmp_p
     (ckpts / "last.ckpt").write_bytes(b"PK")
     assert resume_checkpoint(ckpts) is None  # nothing readable left: the stage starts over
     assert resume_checkpoint(tmp_path / "none") is None
+    (ckpts / "last.ckpt").symlink_to("epoch=9-step=40.ckpt")  # a link whose target was removed
+    (ckpts / "kept.ckpt").write_bytes(data)
+    assert resume_checkpoint(ckpts) == str(ckpts / "kept.ckpt")
 
 
 def test_real_baseline_configs_run_as_stages(tmp_path):

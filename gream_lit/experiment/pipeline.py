@@ -388,8 +388,27 @@ def resolve_refs(node: Any, run: RunDir, stage: str, order: Sequence[str]) -> An
 # ----------------------------------------------------------------------------- stage configs
 
 
-def _with_checkpointing(trainer: dict[str, Any], ckpt_dir: Path) -> None:
-    """Make the first ModelCheckpoint (added if absent) write ``last.ckpt`` into ``ckpt_dir``."""
+FULL_MODEL_MODULES = ("SFTModule", "SRPOModule")
+
+
+def trains_full_model(config: Mapping[str, Any]) -> bool:
+    """An LLM stage without LoRA: its checkpoints are whole models (and their optimizer state)."""
+    model = config.get("model")
+    if not isinstance(model, Mapping):
+        return False
+    return (
+        str(model.get("class_path", "")).endswith(FULL_MODEL_MODULES)
+        and (model.get("init_args") or {}).get("lora") is None
+    )
+
+
+def _with_checkpointing(trainer: dict[str, Any], ckpt_dir: Path, link_last: bool = False) -> None:
+    """Make the first ModelCheckpoint (added if absent) write ``last.ckpt`` into ``ckpt_dir``.
+
+    ``link_last`` (full fine-tuning): ``last.ckpt`` is a link to the newest checkpoint the callback
+    kept, so the disk holds one copy of the model, not two. A resumed run then restarts from that
+    checkpoint and redoes the epochs since, which ends where an uninterrupted run ends (the checkpoint
+    holds the random streams) at the cost of that time."""
     if trainer.get("enable_checkpointing") is False:
         return
     callbacks = trainer.get("callbacks") or []
@@ -402,7 +421,7 @@ def _with_checkpointing(trainer: dict[str, Any], ckpt_dir: Path) -> None:
         args = {}
         callbacks.append({"class_path": CHECKPOINT_CLASS, "init_args": args})
     args["dirpath"] = str(ckpt_dir)
-    args["save_last"] = True
+    args["save_last"] = "link" if link_last else True
     trainer["callbacks"] = callbacks
 
 
@@ -438,7 +457,7 @@ def stage_config(exp: Mapping[str, Any], run: RunDir, stage: str) -> dict[str, A
     stage_dir = run.stage_dir(stage)
     trainer["default_root_dir"] = str(stage_dir)
     _with_logging(trainer, stage_dir)
-    _with_checkpointing(trainer, run.checkpoint_dir(stage))
+    _with_checkpointing(trainer, run.checkpoint_dir(stage), link_last=trains_full_model(config))
     return config
 
 
@@ -507,16 +526,16 @@ def _check_not_stale(exp: Mapping[str, Any], run: RunDir, stage: str, record: Ma
 
 
 def resume_checkpoint(ckpt_dir: Path) -> str | None:
-    """``last.ckpt``, or, when it is unreadable (a kill while it was written), the newest readable
-    checkpoint beside it; the broken file is kept as ``last.ckpt.broken``.
+    """``last.ckpt``, or, when it is unreadable (a kill while it was written, or a link whose target is
+    gone), the newest readable checkpoint beside it; the broken file is kept as ``last.ckpt.broken``.
 
     Torch checkpoints are zip archives whose directory sits at the end, so a cut-short file fails
     ``zipfile.is_zipfile`` without being loaded.
     """
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    if not last.is_file() and not last.is_symlink():
         return None
-    if zipfile.is_zipfile(last):
+    if last.is_file() and zipfile.is_zipfile(last):
         return str(last)
     last.replace(last.with_name("last.ckpt.broken"))
     others = sorted((p for p in ckpt_dir.glob("*.ckpt") if zipfile.is_zipfile(p)), key=lambda p: p.stat().st_mtime)
