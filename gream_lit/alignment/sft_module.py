@@ -195,7 +195,9 @@ class SFTModule(L.LightningModule):
         lm = self._causal_lm()
         if self.checkpointing is not None:
             self.checkpointing.for_batch(batch["input_ids"])
-        hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = lm.base_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
         vocab = None if self.vocab is None or batch.get("full_vocab") else self.vocab.to(self.device)
         head = lm.get_output_embeddings()
         loss = assistant_token_loss(hidden, batch["labels"], head, batch.get("label_index"), vocab)

@@ -37,8 +37,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])  # another device count: CUDA streams start fresh
 
 
 class RngState(Callback):

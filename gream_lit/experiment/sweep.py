@@ -109,23 +109,23 @@ def rdb_storage(url: str, cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
     opts = {k: cfg.get(k, v) for k, v in HEARTBEAT.items()}
     if opts["grace_period"] <= opts["heartbeat_interval"]:
         raise PipelineError(f"sweep.grace_period must exceed sweep.heartbeat_interval, got {opts}")
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=opts["heartbeat_interval"],
+        grace_period=opts["grace_period"],
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=opts["max_retry"]),
+    )
 
-    def connect() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=opts["heartbeat_interval"],
-            grace_period=opts["grace_period"],
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=opts["max_retry"]
-            ),
-        )
 
+def open_study(url: str, cfg: Mapping[str, Any], **kwargs: Any) -> optuna.Study:
+    """Create or load the study; workers started together race to create the schema and the study, so a
+    database error is retried a few times before it is raised."""
     for attempt in range(4):
         try:
-            return connect()
-        except sqlalchemy.exc.OperationalError:  # workers started together race to create the tables
+            return optuna.create_study(storage=rdb_storage(url, cfg), load_if_exists=True, **kwargs)
+        except sqlalchemy.exc.DBAPIError:
             time.sleep(0.5 * (attempt + 1))
-    return connect()
+    return optuna.create_study(storage=rdb_storage(url, cfg), load_if_exists=True, **kwargs)
 
 
 def with_params(exp: Mapping[str, Any], params: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -171,13 +171,13 @@ class Sweep:
         pruner = cfg.get("pruner", DEFAULT_PRUNER)
         self.prune = pruner is not None
         url = storage or cfg.get("storage") or f"sqlite:///{self.root.resolve() / 'optuna.db'}"
-        self.study = optuna.create_study(
+        self.study = open_study(
+            url,
+            cfg,
             study_name=self.name,
-            storage=rdb_storage(url, cfg),
             sampler=instantiate(worker_sampler(cfg.get("sampler") or DEFAULT_SAMPLER, worker)),
             pruner=instantiate(pruner) if self.prune else optuna.pruners.NopPruner(),
             direction=cfg.get("direction", "maximize"),
-            load_if_exists=True,
         )
 
     def upstream_stages(self) -> list[str]:
