@@ -233,7 +233,7 @@ def test_cli_teacher_cot_and_side_info(tmp_path, capsys):
     idx.to_json(tmp_path / "tiny.index.json")
     out = tmp_path / "cot.jsonl"
     args = ["teacher", "cot", "--data", str(data), "--index", str(tmp_path / "tiny.index.json"), "--out", str(out)]
-    assert cli_main(args + ["--teacher-arg", "max_df=0.6", "--rewrite", "copy"]) == 0
+    assert cli_main(args + ["--teacher_arg", "max_df=0.6", "--rewrite", "copy"]) == 0
     assert json.loads(capsys.readouterr().out)["requested"] == 3 and len(load_cot_samples(out)) == 3
     user_json = tmp_path / "tiny.user.json"
     assert cli_main(["teacher", "side-info", "--data", str(data), "--out", str(user_json)]) == 0

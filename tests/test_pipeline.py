@@ -230,6 +230,20 @@ def test_print_config_shows_every_stage_and_writes_nothing(tmp_path, capsys, mon
     )
 
 
+def test_dotted_overrides_work_as_in_lightning_cli_and_fit_help_shows_the_pipeline_options(tmp_path, capsys):
+    exp = tiny_experiment(tmp_path)
+    run = tmp_path / "runs" / "tiny"
+    args = ["fit", "--config", str(exp), "--run_dir", str(run), "--print_config"]
+    assert main([*args, "--stages.second.trainer.max_epochs", "5", "--stages.first.model.init_args.lr=0.2"]) == 0
+    stages = capsys.readouterr().out.split("# stage ")
+    assert "max_epochs: 5" in stages[2] and "max_epochs: 2" in stages[1] and "lr: 0.2" in stages[1]
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "usage (experiment file or run directory)" in out and "--print_config" in out and "--run_dir" in out
+    assert "usage (a single-stage LightningCLI config)" in out and "--trainer.max_epochs" in out
+
+
 def test_an_empty_done_record_and_a_deleted_artifact_are_clear_errors(tmp_path):
     exp = tiny_experiment(tmp_path)
     run = tmp_path / "runs" / "tiny"

@@ -94,7 +94,7 @@ def sweep_file(tmp_path: Path) -> Path:
 
 def test_three_trials_complete_fail_prune_then_resume_and_export(tmp_path):
     config, runs = sweep_file(tmp_path), tmp_path / "runs"
-    assert main(["sweep", "--config", str(config), "--n-trials", "3", "--runs_root", str(runs)]) == 0
+    assert main(["sweep", "--config", str(config), "--n_trials", "3", "--runs_root", str(runs)]) == 0
     sweep = Sweep(config, runs)
     states = [t.state for t in sweep.study.trials]
     S = optuna.trial.TrialState

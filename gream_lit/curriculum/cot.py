@@ -377,7 +377,7 @@ def _teacher_kwargs(pairs: Sequence[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--teacher-arg expects key=value, got {pair!r}")
+            raise SystemExit(f"--teacher_arg expects key=value, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -397,10 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--index", help="semantic index json (cot only)")
     p.add_argument("--out", required=True, help="output jsonl (cot) or user.json (side-info)")
     p.add_argument("--teacher", default="template", choices=("template", "hf", "openai"))
-    p.add_argument("--teacher-arg", action="append", default=[], metavar="KEY=VALUE", help="teacher kwarg (JSON value)")
+    p.add_argument("--teacher_arg", action="append", default=[], metavar="KEY=VALUE", help="teacher kwarg (JSON value)")
     p.add_argument("--cache", help="jsonl answer cache; reruns reuse it, interrupted runs resume")
     p.add_argument("--users", type=int, help="only the first N users")
-    p.add_argument("--max-samples", type=int)
+    p.add_argument("--max_samples", type=int)
     p.add_argument("--rewrite", default="denoise", choices=REWRITE_MODES)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(list(argv) if argv is not None else None)

@@ -817,14 +817,45 @@ def default_run_dir(exp: Mapping[str, Any], runs_root: str | Path, seed: int | N
     return Path(runs_root) / f"{exp['name']}{suffix}"
 
 
+def _is_dotted(arg: str) -> bool:
+    return arg.startswith(("--stages.", "--defaults.")) or arg.partition("=")[0] == "--backbone"
+
+
+def dotted_to_set(argv: Sequence[str]) -> list[str]:
+    """LightningCLI-style ``--stages.sasrec.trainer.max_epochs 2`` (or ``=2``, and ``--defaults.…``,
+    ``--backbone``) as ``--set KEY=VALUE``."""
+    out, args, i = [], list(argv), 0
+    while i < len(args):
+        arg = args[i]
+        if not _is_dotted(arg):
+            out.append(arg)
+        else:
+            key, sep, value = arg[2:].partition("=")
+            if not sep:
+                if i + 1 >= len(args):
+                    raise PipelineError(f"{arg} needs a value")
+                i += 1
+                value = args[i]
+            out += ["--set", f"{key}={value}"]
+        i += 1
+    return out
+
+
 def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
     """Handle ``fit``/``validate``/``test`` on an experiment file or run directory; None otherwise.
 
     ``cli.main`` calls this first, so a plain LightningCLI config still goes to LightningCLI.
     """
-    known, _ = _parser(command, add_help=False).parse_known_args(list(argv))
+    argv = dotted_to_set(argv)
+    known, _ = _parser(command, add_help=False).parse_known_args(argv)
     is_run_dir = bool(known.target) and (Path(known.target) / "experiment.yaml").is_file()
     if not is_run_dir and not (known.config and is_pipeline_file(known.config)):
+        if any(arg in ("-h", "--help") for arg in argv):  # LightningCLI's help follows for single configs
+            rank_zero_only(print)(
+                _parser(command).format_help().replace("usage:", "usage (experiment file or run directory):", 1)
+                + "\nusage (a single-stage LightningCLI config):",
+                flush=True,
+            )
         return None
     args = _parser(command).parse_args(list(argv))
     if is_run_dir:

@@ -1,4 +1,4 @@
-"""Optuna hyperparameter search over an experiment: ``python -m gream_lit sweep --config X --n-trials N``.
+"""Optuna hyperparameter search over an experiment: ``python -m gream_lit sweep --config X --n_trials N``.
 
 A sweep file is an experiment file (``stages:``, usually through ``include:``) plus a ``sweep:`` section::
 
@@ -267,12 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m gream_lit sweep", description=__doc__.split("\n")[0], allow_abbrev=False
     )
     p.add_argument("--config", required=True, help="sweep file: an experiment with a 'sweep:' section")
-    p.add_argument("--n-trials", "--n_trials", dest="n_trials", type=int, default=10, help="trials to add to the study")
+    p.add_argument("--n_trials", type=int, default=10, help="trials to add to the study")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the sweep's run directory)")
-    p.add_argument(
-        "--runs_root", "--runs-root", dest="runs_root", default="runs", help="trials go to <runs_root>/<name>/trial_<n>"
-    )
+    p.add_argument("--runs_root", default="runs", help="trials go to <runs_root>/<name>/trial_<n>")
     p.add_argument("--export", help="where to write the best experiment (default <runs_root>/<name>/best.yaml)")
     p.add_argument("--worker", type=int, default=0, help="this worker's number: its sampler seed is seed + worker")
     args = p.parse_args(argv)
