@@ -202,3 +202,61 @@ def test_stages_before_the_swept_one_run_once_and_every_trial_starts_from_them(t
     assert not (root / "upstream" / "tiny").exists()
     ckpt = Path(done["ckpt"])
     assert os.path.samefile(ckpt, root / "trial_0" / "up" / ckpt.relative_to(root / "upstream" / "up"))
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on loopback; as root, the Debian package's binaries run as user postgres
+    (the server refuses to run as root)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+    pytest.importorskip("psycopg2", reason="the psycopg2 driver is not installed (pip install psycopg2-binary)")
+    prefix = []
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and no 'postgres' user to run the server as")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="gream_pg_"))  # not under pytest's root-only temp folder
+    root.chmod(0o777)
+    data = root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True)
+
+    try:
+        init = run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres")
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed, no server to test against: {init.stderr.strip()[-300:]}")
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        start = run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start")
+        if start.returncode != 0:
+            pytest.skip(f"the PostgreSQL server did not start: {start.stderr.strip()[-300:]}")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_a_study_in_a_real_postgresql_server(tmp_path, postgres):
+    """The many-machine case as users run it: one RDB study, two worker processes, no duplicated trial."""
+    config, runs = two_worker_sweep(tmp_path), tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "gream_lit", "sweep", "--config", str(config), "--n_trials", "2"]
+    cmd += ["--storage", postgres, "--runs_root", str(runs)]
+    workers = [subprocess.Popen([*cmd, "--worker", str(w)], env=env, stdout=subprocess.DEVNULL) for w in (0, 1)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    trials = Sweep(config, runs, storage=postgres).study.trials
+    scores = [t.params["stages.tiny.model.init_args.score"] for t in trials]
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(set(scores)) == 4
