@@ -324,3 +324,57 @@ def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) ->
     files = [p for p in ckpts.iterdir() if p.is_file() and not p.is_symlink()]
     assert last.is_symlink() and len(files) == 1 and last.resolve() == files[0].resolve()
     assert resume_checkpoint(ckpts) == str(last)
+
+
+def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Path, monkeypatch) -> None:
+    """README, "A trained stage as a recommender": its code block, run as written against a tiny
+    index -> align -> curriculum -> rl pipeline whose catalogue holds the raw ids the example uses."""
+    import re
+
+    paths = write_inputs(tmp_path)
+    data = Path(paths["data_dir"])
+    raw = [1, 50, 181, 258, 300, 301, 302, 303, 304, 305, 306, 307]  # the README's ids, then others
+    items = json.loads((data / "Toy.item.json").read_text())
+    (data / "Toy.item.json").write_text(json.dumps({str(raw[int(k)]): v for k, v in items.items()}))
+    inter = json.loads((data / "Toy.inter.json").read_text())
+    (data / "Toy.inter.json").write_text(json.dumps({u: [raw[i] for i in seq] for u, seq in inter.items()}))
+    exp = experiment(paths)
+    align = exp["stages"]["align"]
+    curriculum = {
+        "model": {
+            "class_path": "gream_lit.curriculum.reasoning_module.ReasoningSFTModule",
+            "init_args": {
+                **align["model"]["init_args"],
+                "stage": "curriculum",
+                "reasoning": {"max_new_tokens": 4, "num_beams": 10},
+            },
+        },
+        "data": {
+            "class_path": "gream_lit.curriculum.curriculum_data.CurriculumDataModule",
+            "init_args": {
+                **align["data"]["init_args"],
+                "backbone": "${prev.artifacts.model}",
+                "cot": False,
+                "max_length": 4096,  # the byte-level toy tokenizer spells the reasoning prompt in bytes
+                "tasks": {"seqrec": {"data_samples": 8}, "item2index": {"enabled": False}},
+            },
+        },
+        "trainer": align["trainer"],
+        "artifacts": {"model": "hf/adapter"},
+    }
+    rl = exp["stages"].pop("rl")
+    exp["stages"].update(curriculum=curriculum, rl=rl)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(config), "--run_dir", "runs/quickstart"]) == 0
+    (tmp_path / "runs" / "gream_cpu_scientific").symlink_to("quickstart")
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(from gream_lit import load_recommender\n.*?)```", readme, re.DOTALL)
+    scope: dict = {}
+    exec(code, scope)
+    catalogue = {str(i) for i in raw}
+    assert set(scope["items"]) <= catalogue and 0 < len(scope["items"]) <= 10
+    assert scope["text"].startswith("<think>")
+    assert set(scope["rec"].recommend(["1", "50", "181"], k=10)) <= catalogue
