@@ -11,6 +11,10 @@ Filtered by their exact text, so a new or different warning still shows:
   mode on purpose (old and new log-probs from the same function, no dropout);
 - peft's notice that a chained adapter's base folder has no ``config.json``: the base of a later stage is
   the earlier stage's adapter folder, and the trained ID-token rows are saved explicitly.
+- Lightning's notices that a module has no optimizer or no validation step: MostPop and RQ-KMeans learn
+  nothing by gradient, and the item-embedding data serves RQ-VAE's validation, which RQ-KMeans does not run;
+- transformers' note that new embedding rows are drawn from the old rows' mean and covariance: that is
+  the ``hf_default`` ID-token initialisation, asked for on purpose (``modeling.vocab``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ import logging
 import warnings
 
 TIPS = ("💡 Tip: For seamless cloud",)
+MEAN_RESIZING = ("The new embeddings will be initialized from a multivariate normal distribution",)
 
 
 class _DropTips(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...] = TIPS) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(TIPS)
+        return not str(record.getMessage()).startswith(self.prefixes)
 
 
 def quiet_third_party() -> None:
@@ -36,7 +45,10 @@ def quiet_third_party() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*(heartbeat_interval``|RetryHeartbeatStaleTrialCallback\S*) is (an )?experimental"
     )
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
+    warnings.filterwarnings("ignore", message=r"You passed in a `val_dataloader` but have no `validation_step`")
+    loggers = [(n, TIPS) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")]
+    for name, prefixes in [*loggers, ("transformers.modeling_utils", MEAN_RESIZING)]:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
+            logger.addFilter(_DropTips(prefixes))

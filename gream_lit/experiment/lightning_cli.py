@@ -88,16 +88,16 @@ class GreamCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True, help="test the best checkpoint after fit")
 
     def after_fit(self) -> None:
-        print_metric_table(self.trainer.callback_metrics, title="fit: last validation")
-        if self.config.fit.get("test_after_fit", True) and not self.trainer.fast_dev_run:
-            ckpt = (
-                "best"
-                if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
-                else None
-            )
-            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
-            log_headline(self.trainer)
-            print_metric_table(results[0] if results else {}, title=f"test ({ckpt or 'last'} checkpoint)")
+        """One table: the last validation's metrics, then the test's (of the best checkpoint)."""
+        validation = dict(self.trainer.callback_metrics)
+        if not self.config.fit.get("test_after_fit", True) or self.trainer.fast_dev_run:
+            print_metric_table(validation, title="fit: last validation")
+            return
+        ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False)
+        log_headline(self.trainer)
+        title = f"fit: last validation, then test ({ckpt or 'last'} checkpoint)"
+        print_metric_table({**validation, **(results[0] if results else {})}, title=title)
 
     def after_validate(self) -> None:
         print_metric_table(self.trainer.callback_metrics, title="validate")

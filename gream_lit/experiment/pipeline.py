@@ -58,7 +58,7 @@ from gream_lit.experiment.per_user import read_per_user
 from gream_lit.experiment.relocation import adopt_moved_run
 from gream_lit.inference.bundle import add_metrics
 from gream_lit.inference.direct_eval import PredictionWriter
-from gream_lit.tables import format_stage_table, print_metric_table
+from gream_lit.tables import format_stage_table
 
 log = logging.getLogger(__name__)
 
@@ -879,9 +879,7 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
             results = evaluate_run(command, run, args.stage)
         else:
             raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
-    for stage, metrics in results.items():
-        rank_zero_only(print_metric_table)(metrics, title=f"{command}: stage {stage}")
-    if command != "validate" and len(results) > 1:
+    if command != "validate" and results:  # each stage printed its own table as it ran
         rows = [(stage, metrics, _tested_users(run.stage_dir(stage))) for stage, metrics in results.items()]
         rank_zero_only(print)(
             f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True
