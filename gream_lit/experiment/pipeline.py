@@ -683,11 +683,13 @@ def run_experiment(
     return results
 
 
-def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str, dict[str, float]]:
-    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``."""
+def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(stage, DONE record) of every finished stage of a run directory, or of ``only``; an unfinished
+    stage is skipped with a warning, or an error when it was asked for by name."""
     adopt_moved_run(run.root)
     exp = run.experiment()
-    results = {}
+    if only is not None and only not in exp["stages"]:
+        raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
     for stage in exp["stages"]:
         if only is not None and stage != only:
             continue
@@ -697,6 +699,13 @@ def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str
                 raise PipelineError(f"stage {stage!r} in {run.root} has not finished")
             log.warning("stage %s: not finished, skipping %s", stage, command)
             continue
+        yield stage, record
+
+
+def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str, dict[str, float]]:
+    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``."""
+    results = {}
+    for stage, record in finished_stages(run, only, command):
         _, metrics = run_lightning(command, run.stage_dir(stage) / "config.yaml", record["ckpt"] or None)
         (run.stage_dir(stage) / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         results[stage] = metrics
@@ -706,13 +715,16 @@ def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str
 PREDICT_MODES = ("direct", "reasoning")
 
 
+def import_class(path: str) -> Any:
+    """The object a LightningCLI ``class_path`` names."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _stage_class(config: Mapping[str, Any], part: str) -> type | None:
     spec = config.get(part)
     path = spec.get("class_path") if isinstance(spec, Mapping) else spec
-    if not isinstance(path, str) or "." not in path:
-        return None
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name, None)
+    return import_class(path) if isinstance(path, str) and "." in path else None
 
 
 def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> dict[str, Path]:
@@ -721,20 +733,8 @@ def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> d
     ``<stage>/predictions[_reasoning].jsonl``; returns those files by stage."""
     if mode not in PREDICT_MODES:
         raise PipelineError(f"--mode {mode!r}; expected one of {PREDICT_MODES}")
-    adopt_moved_run(run.root)
-    exp = run.experiment()
-    if only is not None and only not in exp["stages"]:
-        raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
     out = {}
-    for stage in exp["stages"]:
-        if only is not None and stage != only:
-            continue
-        record = run.done(stage)
-        if record is None:
-            if only is not None:
-                raise PipelineError(f"stage {stage!r} in {run.root} has not finished")
-            log.warning("stage %s: not finished, skipping predict", stage)
-            continue
+    for stage, record in finished_stages(run, only, "predict"):
         config_path = run.stage_dir(stage) / "config.yaml"
         config = yaml.safe_load(config_path.read_text())
         model_cls, data_cls = _stage_class(config, "model"), _stage_class(config, "data")

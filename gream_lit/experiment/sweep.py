@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
-import importlib
 import logging
 import os
 import shutil
@@ -54,7 +53,14 @@ import sqlalchemy
 import yaml
 from optuna_integration import PyTorchLightningPruningCallback
 
-from gream_lit.experiment.pipeline import PipelineError, RunDir, load_experiment, run_experiment, set_dotted
+from gream_lit.experiment.pipeline import (
+    PipelineError,
+    RunDir,
+    import_class,
+    load_experiment,
+    run_experiment,
+    set_dotted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +73,7 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     """``{class_path, init_args}`` -> object, as LightningCLI does for models."""
     if "class_path" not in spec:
         raise PipelineError(f"expected {{class_path, init_args}}, got {dict(spec)}")
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**(spec.get("init_args") or {}))
+    return import_class(spec["class_path"])(**(spec.get("init_args") or {}))
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
