@@ -15,7 +15,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import grad_norm
 from peft import PeftModel
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
@@ -214,14 +213,14 @@ class SFTModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Tokens trained per second (non-padding tokens of the batch over its forward, backward and step)."""
-        seconds = time.perf_counter() - self._batch_start
-        tokens = float(batch["attention_mask"].sum())
-        self.log(f"{self.hparams.stage}/train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=1)
+        seconds = max(time.perf_counter() - self._batch_start, 1e-9)
+        # a tensor: no host sync on an accelerator (Lightning reads it at logging steps only)
+        self.log(f"{self.hparams.stage}/train/tokens_per_s", batch["attention_mask"].sum() / seconds, batch_size=1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self, norm_type=2)
-        if norms:
-            self.log(f"{self.hparams.stage}/train/grad_norm", norms["grad_2.0_norm_total"], batch_size=1)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:  # one fused norm over the trained weights, not one per parameter
+            self.log(f"{self.hparams.stage}/train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
 
     def _check_finite(self) -> bool:
         """Every step on the CPU; on an accelerator only at logging steps, since reading the loss makes

@@ -150,6 +150,7 @@ def aggregate(runs: Sequence[Run], metrics: Sequence[str]) -> pd.DataFrame:
     keys = sorted(metrics, key=lambda k: (order.index(split_key(k)[0]) if split_key(k)[0] in order else len(order), k))
     rows = []
     for name, members in groups.items():
+        users = {stage: tested_users(members, stage) for stage in order}  # per-user files read once per stage
         for key in keys:
             values = [r.metrics[key] for r in members if key in r.metrics]
             if not values:
@@ -162,7 +163,7 @@ def aggregate(runs: Sequence[Run], metrics: Sequence[str]) -> pd.DataFrame:
                     "stage": stage,
                     "metric": metric,
                     "runs": len(values),
-                    "users": tested_users(members, stage),
+                    "users": users.get(stage, "-"),
                     "mean": mean,
                     "std": std,
                     "values": " ".join(f"{v:.4g}" for v in values),
