@@ -136,6 +136,29 @@ def experiment(paths: dict[str, str]) -> dict:
     }
 
 
+def reasoning_curriculum(align: dict, reasoning: dict, **data: object) -> dict:
+    """A curriculum stage (ReasoningSFTModule) continuing ``align``'s model with its settings; ``data``
+    overrides its data module's arguments."""
+    return {
+        "model": {
+            "class_path": "gream_lit.curriculum.reasoning_module.ReasoningSFTModule",
+            "init_args": {**align["model"]["init_args"], "stage": "curriculum", "reasoning": reasoning},
+        },
+        "data": {
+            "class_path": "gream_lit.curriculum.curriculum_data.CurriculumDataModule",
+            "init_args": {
+                **align["data"]["init_args"],
+                "backbone": "${prev.artifacts.model}",
+                "max_length": 4096,  # the byte-level toy tokenizer spells the reasoning prompts in bytes
+                "tasks": {"seqrec": {"data_samples": 8}, "item2index": {"enabled": False}},
+                **data,
+            },
+        },
+        "trainer": align["trainer"],
+        "artifacts": {"model": "hf/adapter"},
+    }
+
+
 def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsys) -> None:
     from transformers import AutoTokenizer
 
@@ -243,28 +266,7 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
     exp = experiment(paths)
     align = exp["stages"].pop("align")
     exp["stages"].pop("rl")
-    curriculum = {
-        "model": {
-            "class_path": "gream_lit.curriculum.reasoning_module.ReasoningSFTModule",
-            "init_args": {
-                **align["model"]["init_args"],
-                "stage": "curriculum",
-                "reasoning": {"max_new_tokens": 6, "num_beams": 4},
-            },
-        },
-        "data": {
-            "class_path": "gream_lit.curriculum.curriculum_data.CurriculumDataModule",
-            "init_args": {
-                **align["data"]["init_args"],
-                "backbone": "${prev.artifacts.model}",
-                "teacher": {"kind": "template"},
-                "max_length": 4096,
-                "tasks": {"seqrec": {"data_samples": 8}, "item2index": {"enabled": False}},
-            },
-        },
-        "trainer": align["trainer"],
-        "artifacts": {"model": "hf/adapter"},
-    }
+    curriculum = reasoning_curriculum(align, {"max_new_tokens": 6, "num_beams": 4}, teacher={"kind": "template"})
     exp["stages"].update(align=align, curriculum=curriculum)
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(exp, sort_keys=False))  # stage order is pipeline order
@@ -340,28 +342,7 @@ def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Pa
     (data / "Toy.inter.json").write_text(json.dumps({u: [raw[i] for i in seq] for u, seq in inter.items()}))
     exp = experiment(paths)
     align = exp["stages"]["align"]
-    curriculum = {
-        "model": {
-            "class_path": "gream_lit.curriculum.reasoning_module.ReasoningSFTModule",
-            "init_args": {
-                **align["model"]["init_args"],
-                "stage": "curriculum",
-                "reasoning": {"max_new_tokens": 4, "num_beams": 10},
-            },
-        },
-        "data": {
-            "class_path": "gream_lit.curriculum.curriculum_data.CurriculumDataModule",
-            "init_args": {
-                **align["data"]["init_args"],
-                "backbone": "${prev.artifacts.model}",
-                "cot": False,
-                "max_length": 4096,  # the byte-level toy tokenizer spells the reasoning prompt in bytes
-                "tasks": {"seqrec": {"data_samples": 8}, "item2index": {"enabled": False}},
-            },
-        },
-        "trainer": align["trainer"],
-        "artifacts": {"model": "hf/adapter"},
-    }
+    curriculum = reasoning_curriculum(align, {"max_new_tokens": 4, "num_beams": 10}, cot=False)
     rl = exp["stages"].pop("rl")
     exp["stages"].update(curriculum=curriculum, rl=rl)
     config = tmp_path / "exp.yaml"
