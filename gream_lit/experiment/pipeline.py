@@ -129,6 +129,12 @@ def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) ->
     return deep_merge(merged, own)
 
 
+def compose_file(path: str | Path) -> Any:
+    """A config file with its includes merged in (any file: an experiment or a single-stage config)."""
+    path = Path(path).resolve()
+    return resolve_includes(_read_yaml(path), path.parent)
+
+
 def is_pipeline_file(path: str | Path) -> bool:
     """True for a YAML mapping with a top-level ``stages`` key (possibly through a top-level include)."""
     path = Path(path)
