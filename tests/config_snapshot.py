@@ -5,6 +5,7 @@ the same snapshot run the same jobs, however they are composed."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
@@ -14,7 +15,8 @@ from typing import Any
 
 import lightning as L
 
-from gream_lit.experiment.pipeline import RunDir, compose_file, is_pipeline_file, load_experiment, stage_config
+from gream_lit.experiment.composition import compose_file, is_pipeline_file
+from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
 
 TRAINER_DEFAULTS = {
     name: p.default
@@ -27,10 +29,12 @@ def _defaults(class_path: str) -> dict[str, Any]:
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError):
         return {}
     return {
-        n: p.default for n, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty
+        n: dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else p.default
+        for n, p in inspect.signature(cls).parameters.items()
+        if p.default is not inspect.Parameter.empty
     }
 
 
@@ -43,7 +47,7 @@ def _equal(value: Any, default: Any) -> bool:
 
 def without_defaults(node: Any, defaults: Mapping[str, Any] | None = None) -> Any:
     """``node`` with every ``init_args`` entry (and, given ``defaults``, every own key) that equals the
-    default of its class dropped; a bare class path becomes ``{class_path: ...}``."""
+    default of its class dropped, and of a mapping-valued default (a dataclass) every equal field."""
     if isinstance(node, list):
         return [without_defaults(v) for v in node]
     if not isinstance(node, Mapping):
@@ -52,6 +56,10 @@ def without_defaults(node: Any, defaults: Mapping[str, Any] | None = None) -> An
     for key, value in node.items():
         if defaults is not None and key in defaults and _equal(value, defaults[key]):
             continue
+        if defaults is not None and isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping):
+            value = {k: v for k, v in value.items() if not _equal(v, defaults[key].get(k, object()))}
+            if not value:
+                continue
         if key == "init_args" and isinstance(value, Mapping):
             value = without_defaults(value, _defaults(str(node.get("class_path", ""))))
             if not value:

@@ -18,15 +18,8 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.experiment.cli import entry, main
-from gream_lit.experiment.pipeline import (
-    PipelineError,
-    is_pipeline_file,
-    load_experiment,
-    resolve_includes,
-    resume_checkpoint,
-    run_lock,
-    set_dotted,
-)
+from gream_lit.experiment.composition import PipelineError, is_pipeline_file, resolve_includes, set_dotted
+from gream_lit.experiment.pipeline import load_experiment, resume_checkpoint, run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 

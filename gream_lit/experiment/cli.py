@@ -13,6 +13,7 @@ import sys
 
 from gream_lit.data.catalog import DataError
 from gream_lit.experiment.allocator import fix_mmap_threshold
+from gream_lit.experiment.composition import composed_config_args
 from gream_lit.experiment.console import quiet_third_party
 from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.experiment.pipeline import PipelineError, maybe_run_pipeline
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             return code
         GreamCLI(
-            args=[command, *rest],
+            args=[command, *composed_config_args(rest)],
             save_config_kwargs={"overwrite": True},
         )
         return 0

@@ -12,11 +12,19 @@ An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a
   follows ``|`` (``${prev.artifacts.adapter|null}``, parsed as YAML) for when no present stage has it;
   an earlier stage that has not finished is always an error.
 
+- ``${artifacts.KEY}``: the stage's own declared artifact (``output_path: ${artifacts.index}``), so its
+  file name is written once.
+
+Any other ``${...}`` is an OmegaConf interpolation resolved when the file is loaded: ``${backbone}`` or any
+other top-level key, ``${oc.env:HOME}``. Merging is OmegaConf's too (mappings merge, lists replace).
+
 Any mapping may hold ``include: file.yaml`` (or a list): the files are merged under the mapping's own
-keys, paths relative to the including file. A top-level include makes an ablation
-(``include: gream_full.yaml`` + a few overrides); ``stages: {align: null}`` drops a stage.
+keys. A path is relative to the including file, else to the nearest ``configs/`` folder above it, so
+``include: data/scientific.yaml`` finds the shared dataset piece from any experiment. A top-level include
+makes an ablation (``include: gream_full.yaml`` + a few overrides); ``stages: {align: null}`` drops a stage.
 ``defaults:`` is merged under every stage; top-level ``seed_everything`` (default 0) applies to stages
-lacking one, so a rerun of the same file gives the same metrics.
+lacking one, so a rerun of the same file gives the same metrics. Single-stage LightningCLI configs compose
+the same way (``compose_file``).
 
 Layout: ``<runs_root>/<name>/experiment.yaml`` and per stage ``<stage>/config.yaml`` (resolved),
 ``checkpoints/last.ckpt``, ``metrics.json`` and a ``DONE`` record. A rerun skips finished stages and
@@ -30,7 +38,6 @@ finished before a stage ahead of it was rerun, is an error rather than a silent 
 from __future__ import annotations
 
 import argparse
-import copy
 import difflib
 import fcntl
 import importlib
@@ -52,6 +59,16 @@ import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from gream_lit.experiment.composition import (
+    REF,
+    PipelineError,
+    deep_merge,
+    is_pipeline_file,
+    read_yaml,
+    resolve_includes,
+    resolve_static,
+    set_dotted,
+)
 from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
 from gream_lit.experiment.per_user import read_per_user
@@ -79,106 +96,6 @@ STAGE_KEYS = (
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
-_REF = re.compile(r"\$\{([^}]*)\}")
-BACKBONE_REF = "${backbone}"
-
-
-class PipelineError(ValueError):
-    """A malformed experiment file, a broken reference or an inconsistent run directory."""
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """``override`` on top of ``base``: mappings merge recursively, anything else replaces."""
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise PipelineError(f"config file {path} does not exist")
-    with path.open() as f:
-        return yaml.safe_load(f)
-
-
-def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) -> Any:
-    """Replace every ``include:`` by the included files' contents merged under the node's own keys."""
-    if isinstance(node, list):
-        return [resolve_includes(v, base_dir, chain) for v in node]
-    if not isinstance(node, Mapping):
-        return node
-    node = dict(node)
-    includes = node.pop("include", None)
-    merged: dict[str, Any] = {}
-    for inc in [includes] if isinstance(includes, str) else includes or []:
-        path = (base_dir / inc).resolve()
-        if path in chain:
-            raise PipelineError(f"include cycle: {' -> '.join(map(str, (*chain, path)))}")
-        content = _read_yaml(path)
-        if not isinstance(content, Mapping):
-            raise PipelineError(f"{path}: an included file must hold a mapping, got {type(content).__name__}")
-        merged = deep_merge(merged, resolve_includes(content, path.parent, (*chain, path)))
-    own = {k: resolve_includes(v, base_dir, chain) for k, v in node.items()}
-    return deep_merge(merged, own)
-
-
-def compose_file(path: str | Path) -> Any:
-    """A config file with its includes merged in (any file: an experiment or a single-stage config)."""
-    path = Path(path).resolve()
-    return resolve_includes(_read_yaml(path), path.parent)
-
-
-def is_pipeline_file(path: str | Path) -> bool:
-    """True for a YAML mapping with a top-level ``stages`` key (possibly through a top-level include)."""
-    path = Path(path)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return False
-    content = _read_yaml(path)
-    return isinstance(content, Mapping) and "stages" in resolve_includes(content, path.parent.resolve())
-
-
-def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts, creating mappings on the way (how sweeps and ``--set`` override)."""
-    keys = dotted.split(".")
-    node = config
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise PipelineError(f"cannot set {dotted!r}: {key!r} holds {child!r}, not a mapping")
-        node = child
-    node[keys[-1]] = value
-
-
-def substitute_backbone(exp: dict[str, Any], path: Path) -> None:
-    """Write the experiment's one ``backbone`` wherever its stages say ``${backbone}`` (defaults of
-    references included: ``${prev.artifacts.model|${backbone}}``), so ``--set backbone=...`` switches
-    the LLM of every stage that does not continue an earlier stage's model."""
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str) and BACKBONE_REF in node:
-            if "backbone" not in exp:
-                raise PipelineError(
-                    f"{path}: a stage says {BACKBONE_REF} but the experiment sets no top-level 'backbone'"
-                )
-            return exp["backbone"] if node == BACKBONE_REF else node.replace(BACKBONE_REF, str(exp["backbone"]))
-        return node
-
-    for key in ("defaults", "stages"):
-        if key in exp:
-            exp[key] = walk(exp[key])
 
 
 def load_experiment(
@@ -190,7 +107,7 @@ def load_experiment(
     run directory of its own.
     """
     path = Path(path).resolve()
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     exp = resolve_includes(raw, path.parent)
     if not isinstance(exp, dict) or not isinstance(exp.get("stages"), Mapping):
         raise PipelineError(f"{path}: an experiment needs a top-level 'stages' mapping")
@@ -198,7 +115,9 @@ def load_experiment(
     for key, value in (overrides or {}).items():
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
-    substitute_backbone(exp, path)
+    if "backbone" not in exp and "${backbone" in json.dumps(exp):
+        raise PipelineError(f"{path}: a stage says ${{backbone}} but the experiment sets no top-level 'backbone'")
+    exp = resolve_static(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
     for name, stage in exp["stages"].items():
@@ -228,7 +147,7 @@ def _references(node: Any) -> list[str]:
         return [r for v in node.values() for r in _references(v)]
     if isinstance(node, list):
         return [r for v in node for r in _references(v)]
-    return _REF.findall(node) if isinstance(node, str) else []
+    return REF.findall(node) if isinstance(node, str) else []
 
 
 def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
@@ -244,6 +163,11 @@ def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
         for ref in _references({k: v for k, v in stage.items() if k not in PIPELINE_KEYS}):
             expr, has_default, _ = ref.partition("|")
             parts = expr.strip().split(".")
+            if parts[0] == "artifacts" and ".".join(parts[1:]) not in (stage.get("artifacts") or {}):
+                raise PipelineError(
+                    f"{path}: stage {name!r}: ${{{ref}}}: the stage declares no artifact {'.'.join(parts[1:])!r} "
+                    f"(declared: {', '.join(stage.get('artifacts') or {}) or 'none'})"
+                )
             if has_default or parts[0] not in ("prev", "stages"):
                 continue
             if parts[0] == "stages":
@@ -304,7 +228,7 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def experiment(self) -> dict[str, Any]:
-        return _read_yaml(self.root / "experiment.yaml")
+        return read_yaml(self.root / "experiment.yaml")
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -377,6 +301,20 @@ def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str]) -> Any
     raise PipelineError(f"stage {stage!r}: ${{{ref}}} unresolved ({'; '.join(errors) or 'no earlier stage'})")
 
 
+_OWN_ARTIFACT = re.compile(r"\$\{\s*artifacts\.([^}|\s]+)\s*\}")
+
+
+def own_artifacts(node: Any, artifacts: Mapping[str, str]) -> Any:
+    """``${artifacts.KEY}`` as ``${stage_dir}/<the stage's declared path>`` (checked at load time)."""
+    if isinstance(node, Mapping):
+        return {k: own_artifacts(v, artifacts) for k, v in node.items()}
+    if isinstance(node, list):
+        return [own_artifacts(v, artifacts) for v in node]
+    if not isinstance(node, str):
+        return node
+    return _OWN_ARTIFACT.sub(lambda m: "${stage_dir}/" + str(artifacts[m.group(1)]), node)
+
+
 def resolve_refs(node: Any, run: RunDir, stage: str, order: Sequence[str]) -> Any:
     """Substitute ``${...}``; a string that is one whole reference takes the value's own type."""
     if isinstance(node, Mapping):
@@ -385,10 +323,10 @@ def resolve_refs(node: Any, run: RunDir, stage: str, order: Sequence[str]) -> An
         return [resolve_refs(v, run, stage, order) for v in node]
     if not isinstance(node, str):
         return node
-    whole = _REF.fullmatch(node)
+    whole = REF.fullmatch(node)
     if whole:
         return _resolve_ref(whole.group(1), run, stage, order)
-    return _REF.sub(lambda m: str(_resolve_ref(m.group(1), run, stage, order)), node)
+    return REF.sub(lambda m: str(_resolve_ref(m.group(1), run, stage, order)), node)
 
 
 # ----------------------------------------------------------------------------- stage configs
@@ -457,7 +395,8 @@ def stage_config(exp: Mapping[str, Any], run: RunDir, stage: str) -> dict[str, A
     """The LightningCLI config for one stage, references resolved, run-directory paths filled in."""
     order = list(exp["stages"])
     raw = merged_stage(exp, stage)
-    config = resolve_refs({k: v for k, v in raw.items() if k not in PIPELINE_KEYS}, run, stage, order)
+    body = own_artifacts({k: v for k, v in raw.items() if k not in PIPELINE_KEYS}, raw.get("artifacts") or {})
+    config = resolve_refs(body, run, stage, order)
     config.setdefault("seed_everything", exp.get("seed_everything", 0))
     trainer = config.setdefault("trainer", {})
     stage_dir = run.stage_dir(stage)
@@ -609,7 +548,7 @@ def _write_records(
 
 def _refuse_changed_config(config_path: Path, config: Mapping[str, Any], stage: str) -> None:
     """A stage directory belongs to the config it was started with."""
-    if config_path.is_file() and _read_yaml(config_path) != config:
+    if config_path.is_file() and read_yaml(config_path) != config:
         raise PipelineError(
             f"stage {stage!r} in {config_path.parent} was started with a different config; "
             f"delete {config_path.parent} to rerun it, or use another --run_dir"

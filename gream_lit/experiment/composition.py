@@ -1,0 +1,171 @@
+"""Config files composed with OmegaConf: ``include:`` pieces, merging, load-time interpolation.
+
+An experiment file (``pipeline``) and a single-stage LightningCLI config compose the same way:
+
+- any mapping may hold ``include: file.yaml`` (or a list): the files are merged under the mapping's own
+  keys; a path is relative to the including file, else to the nearest ``configs/`` folder above it
+  (``include: data/scientific.yaml`` from any experiment);
+- merging is OmegaConf's (mappings merge recursively, lists and scalars replace);
+- ``${...}`` is an OmegaConf interpolation resolved at load time (``${backbone}``, any top-level key,
+  ``${oc.env:HOME}``), except the run-directory references of a pipeline stage (``${prev.…}``,
+  ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``), which pass through as written
+  and are resolved when the stage starts (``pipeline.resolve_refs``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+REF = re.compile(r"\$\{([^}]*)\}")
+# references to the run directory, resolved when the stage starts (the rest resolve at load time)
+_RUN_TIME_REF = re.compile(r"(?<!\\)\$\{(?=\s*(?:prev|stages|artifacts)\.|\s*(?:run_dir|stage_dir)\s*[}|])")
+_ANY_REF = re.compile(r"\$\{")
+CONFIGS_DIR = "configs"
+
+
+class PipelineError(ValueError):
+    """A malformed experiment file, a broken reference or an inconsistent run directory."""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base`` (OmegaConf's merge): mappings merge recursively, anything else
+    replaces; interpolations stay as written."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(_escape(base)), OmegaConf.create(_escape(override)))
+    except OmegaConfBaseException as err:
+        raise PipelineError(f"cannot merge configs: {err}") from err
+    return OmegaConf.to_container(merged, resolve=True)  # only unescapes: every ${ was escaped
+
+
+def _escape(node: Any, pattern: re.Pattern = _ANY_REF) -> Any:
+    """Every ``${`` that ``pattern`` finds as ``\\${``: OmegaConf keeps it as text through a merge or a
+    resolve (and checks no grammar in it), then gives it back unescaped."""
+    if isinstance(node, Mapping):
+        return {k: _escape(v, pattern) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape(v, pattern) for v in node]
+    return pattern.sub(r"\\${", node) if isinstance(node, str) else node
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise PipelineError(f"config file {path} does not exist")
+    try:
+        with path.open() as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{path}: not valid YAML: {err}") from err
+
+
+def _include_path(inc: str, base_dir: Path) -> Path:
+    """``inc`` relative to the including file's folder, else to the nearest ``configs/`` folder above it."""
+    path = (base_dir / inc).resolve()
+    if path.is_file():
+        return path
+    for folder in (base_dir, *base_dir.parents):
+        candidate = folder / CONFIGS_DIR / inc
+        if candidate.is_file():
+            return candidate.resolve()
+    return path
+
+
+def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) -> Any:
+    """Replace every ``include:`` by the included files' contents merged under the node's own keys."""
+    if isinstance(node, list):
+        return [resolve_includes(v, base_dir, chain) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    node = dict(node)
+    includes = node.pop("include", None)
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes or []:
+        path = _include_path(inc, base_dir)
+        if path in chain:
+            raise PipelineError(f"include cycle: {' -> '.join(map(str, (*chain, path)))}")
+        content = read_yaml(path)
+        if not isinstance(content, Mapping):
+            raise PipelineError(f"{path}: an included file must hold a mapping, got {type(content).__name__}")
+        merged = deep_merge(merged, resolve_includes(content, path.parent, (*chain, path)))
+    own = {k: resolve_includes(v, base_dir, chain) for k, v in node.items()}
+    return deep_merge(merged, own)
+
+
+def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, Any]:
+    """Resolve the load-time ``${...}`` interpolations with OmegaConf (top-level keys, ``oc.env``...);
+    the run-time references (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``,
+    ``${run_dir}``) pass through as written, with any load-time part inside them resolved
+    (``${prev.artifacts.model|${backbone}}``)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.create(_escape(config, _RUN_TIME_REF)), resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise PipelineError(f"{where}: {'at ' + key + ': ' if key else ''}{getattr(err, 'msg', err)}") from err
+
+
+def compose_file(path: str | Path) -> Any:
+    """A config file with its includes merged in and its load-time interpolations resolved (any file:
+    an experiment or a single-stage LightningCLI config)."""
+    path = Path(path).resolve()
+    content = resolve_includes(read_yaml(path), path.parent)
+    return resolve_static(content, path) if isinstance(content, Mapping) else content
+
+
+def needs_composing(path: str | Path) -> bool:
+    """True for a YAML file that uses ``include:`` or ``${...}``, which LightningCLI alone would not read."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    text = path.read_text()
+    return "${" in text or re.search(r"^\s*include\s*:|[{,]\s*include\s*:", text, re.MULTILINE) is not None
+
+
+def is_pipeline_file(path: str | Path) -> bool:
+    """True for a YAML mapping with a top-level ``stages`` key (possibly through a top-level include)."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    content = read_yaml(path)
+    return isinstance(content, Mapping) and "stages" in resolve_includes(content, path.parent.resolve())
+
+
+def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, creating mappings on the way (how sweeps and ``--set`` override)."""
+    keys = dotted.split(".")
+    node = config
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise PipelineError(f"cannot set {dotted!r}: {key!r} holds {child!r}, not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
+CONFIG_FLAGS = ("--config", "-c")
+
+
+def composed_config_args(argv: list[str]) -> list[str]:
+    """LightningCLI arguments with each ``--config FILE`` that uses ``include:`` or ``${...}`` replaced by
+    the composed config (jsonargparse reads a YAML string where it expects a file); others unchanged."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, sep, value = arg.partition("=")
+        if flag in CONFIG_FLAGS and not sep and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 1
+        elif not (flag in CONFIG_FLAGS and sep):
+            out.append(arg)
+            i += 1
+            continue
+        content = compose_file(value) if needs_composing(value) else None
+        out += [flag, value if content is None else yaml.safe_dump(content, sort_keys=False)]
+        i += 1
+    return out

@@ -1,0 +1,107 @@
+"""Config composition (``experiment.composition``): OmegaConf merging and load-time interpolation,
+include pieces found under ``configs/``, a stage's own artifacts, and single-stage configs through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gream_lit.experiment.cli import main
+from gream_lit.experiment.composition import PipelineError, compose_file, composed_config_args, deep_merge
+from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_merge_keeps_references_as_written_and_replaces_lists() -> None:
+    base = {"a": {"x": "${prev.artifacts.model|${backbone}}", "l": [1, 2]}, "b": 1}
+    merged = deep_merge(base, {"a": {"l": [3]}, "b": None})
+    assert merged == {"a": {"x": "${prev.artifacts.model|${backbone}}", "l": [3]}, "b": None}
+
+
+def test_load_time_interpolation_resolves_top_level_keys_and_env_and_keeps_run_time_references(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("GREAM_TEST_DIR", "/data/x")
+    path = write(
+        tmp_path / "e.yaml",
+        "backbone: tiny\nstages:\n  a:\n    model:\n      init_args:\n"
+        "        path: ${oc.env:GREAM_TEST_DIR}/items\n        llm: ${prev.artifacts.model|${backbone}}\n"
+        "        out: ${stage_dir}/o.json\n        seed: ${seed_everything}\nseed_everything: 3\n",
+    )
+    args = load_experiment(path)["stages"]["a"]["model"]["init_args"]
+    assert args == {
+        "path": "/data/x/items",
+        "llm": "${prev.artifacts.model|tiny}",
+        "out": "${stage_dir}/o.json",
+        "seed": 3,
+    }
+
+
+def test_an_unknown_interpolation_names_the_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.yaml", "stages:\n  a:\n    model: {init_args: {n: '${no_such_key}'}}\n")
+    with pytest.raises(PipelineError, match=r"e\.yaml: at stages\.a\.model\.init_args\.n: .*no_such_key"):
+        load_experiment(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.yaml", "stages: {a: [\n")
+    with pytest.raises(PipelineError, match=r"e\.yaml: not valid YAML"):
+        load_experiment(path)
+
+
+def test_includes_are_found_under_the_nearest_configs_folder(tmp_path: Path) -> None:
+    write(tmp_path / "configs" / "data" / "d.yaml", "include: base.yaml\nindex_path: i.json\n")
+    write(tmp_path / "configs" / "data" / "base.yaml", "data_dir: /data\nmax_history: 5\n")
+    path = write(tmp_path / "experiments" / "x.yaml", "data: {init_args: {include: data/d.yaml, max_history: 9}}\n")
+    assert compose_file(path) == {
+        "data": {"init_args": {"data_dir": "/data", "index_path": "i.json", "max_history": 9}}
+    }
+
+
+def test_a_stage_names_its_own_artifact_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "e.yaml",
+        "stages:\n  idx:\n    model: {init_args: {output_path: '${artifacts.index}'}}\n"
+        "    artifacts: {index: out/x.index.json}\n",
+    )
+    exp = load_experiment(path)
+    run = RunDir(tmp_path / "run")
+    out = stage_config(exp, run, "idx")["model"]["init_args"]["output_path"]
+    assert out == str(run.stage_dir("idx") / "out" / "x.index.json")
+
+    bad = write(
+        tmp_path / "bad.yaml",
+        "stages:\n  idx:\n    model: {init_args: {output_path: '${artifacts.indx}'}}\n    artifacts: {index: x.json}\n",
+    )
+    with pytest.raises(PipelineError, match=r"declares no artifact 'indx' \(declared: index\)"):
+        load_experiment(bad)
+
+
+def test_a_single_stage_config_with_includes_goes_to_lightning_cli_composed(tmp_path: Path, capsys) -> None:
+    path = write(
+        tmp_path / "x.yaml",
+        f"include: {REPO / 'experiments' / 'mostpop_scientific.yaml'}\n"
+        "trainer: {max_epochs: 3}\ndata: {init_args: {max_history: '${seed_everything}'}}\n",
+    )
+    args = composed_config_args(["--config", str(path), "--trainer.max_epochs", "4"])
+    assert yaml.safe_load(args[1])["data"]["init_args"]["max_history"] == 42 and args[2:] == [
+        "--trainer.max_epochs",
+        "4",
+    ]
+    plain = str(REPO / "experiments" / "mostpop_scientific.yaml")
+    assert composed_config_args([f"--config={plain}"]) == ["--config", plain]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(path), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 3 and printed["data"]["init_args"]["max_history"] == 42
+    assert json.dumps(printed).count("amazon18_scientific") == 1
