@@ -9,7 +9,7 @@ import dataclasses
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,8 @@ def finish_all(exp: dict, run: RunDir) -> None:
         (folder / "DONE").write_text(json.dumps(record))
 
 
-def snapshot(path: Path, run_root: Path, base: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The resolved, default-free form of one experiment file (``base``: the config an overlay goes on)."""
+def snapshot(path: Path, run_root: Path) -> dict[str, Any]:
+    """The resolved, default-free form of one experiment file."""
     if is_pipeline_file(path):
         exp = load_experiment(path)
         run = RunDir(run_root)
@@ -113,15 +113,4 @@ def snapshot(path: Path, run_root: Path, base: Callable[[], dict[str, Any]] | No
             stages[stage] = json.loads(text.replace(str(run.root), "<run>"))
         return {"name": exp["name"], "stages": stages}
     content = compose_file(path)
-    if base is not None:
-        content = _merge(base(), content)
     return _stage(content) if "model" in content else content
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
-        )
-    return out

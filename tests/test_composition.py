@@ -66,6 +66,9 @@ def test_includes_are_found_under_the_nearest_configs_folder(tmp_path: Path) -> 
     assert compose_file(path) == {
         "data": {"init_args": {"data_dir": "/data", "index_path": "i.json", "max_history": 9}}
     }
+    missing = write(tmp_path / "experiments" / "y.yaml", "include: data/nope.yaml\n")
+    with pytest.raises(PipelineError, match=r"include 'data/nope.yaml' \(in .*experiments\): no such file"):
+        compose_file(missing)
 
 
 def test_a_stage_names_its_own_artifact_once(tmp_path: Path) -> None:
@@ -98,7 +101,7 @@ def test_a_single_stage_config_with_includes_goes_to_lightning_cli_composed(tmp_
         "--trainer.max_epochs",
         "4",
     ]
-    plain = str(REPO / "experiments" / "mostpop_scientific.yaml")
+    plain = str(write(tmp_path / "plain.yaml", "trainer: {max_epochs: 1}\n"))
     assert composed_config_args([f"--config={plain}"]) == ["--config", plain]
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(path), "--print_config"])

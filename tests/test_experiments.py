@@ -16,14 +16,13 @@ import pytest
 import yaml
 from config_snapshot import finish_all
 
+from gream_lit.experiment.composition import compose_file, composed_config_args
 from gream_lit.experiment.lightning_cli import GreamCLI
 from gream_lit.experiment.pipeline import PipelineError, RunDir, is_pipeline_file, load_experiment, stage_config
 from gream_lit.indexing.cli import _apply_config, _parser
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.yaml"))
-# overlays are parsed on top of the file they change (``--config base --config overlay``)
-OVERLAYS = {"rl_scientific_smoke": "rl_scientific"}
 ABLATIONS = {
     "ablation_no_align": "align",
     "ablation_no_rl": "rl",
@@ -40,14 +39,15 @@ def kind(path: Path) -> str:
 def print_config_exit_code(*config_paths: Path) -> int:
     """LightningCLI parses the files completely without instantiating anything (``--print_config``);
     0 when class paths import and every init argument matches its signature."""
-    args = ["fit"] + [arg for path in config_paths for arg in ("--config", str(path))] + ["--print_config"]
+    configs = [arg for path in config_paths for arg in ("--config", str(path))]
+    args = ["fit", *composed_config_args(configs), "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
         GreamCLI(args=args)
     return exit_info.value.code or 0
 
 
 def test_print_config_check_rejects_a_wrong_argument(tmp_path: Path) -> None:
-    config = yaml.safe_load((EXPERIMENTS / "mostpop_scientific.yaml").read_text())
+    config = compose_file(EXPERIMENTS / "mostpop_scientific.yaml")
     config["data"]["init_args"]["no_such_argument"] = 1
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -78,8 +78,7 @@ def test_experiment_file_parses_and_resolves(path: Path, tmp_path: Path, capsys)
         assert args.method and args.out
         return
     if file_kind == "lightning":
-        base = [EXPERIMENTS / f"{OVERLAYS[path.stem]}.yaml"] if path.stem in OVERLAYS else []
-        assert print_config_exit_code(*base, path) == 0
+        assert print_config_exit_code(path) == 0
         return
     exp = load_experiment(path)
     assert exp["name"] == path.stem or "name" in yaml.safe_load(path.read_text())

@@ -73,7 +73,7 @@ def _include_path(inc: str, base_dir: Path) -> Path:
         candidate = folder / CONFIGS_DIR / inc
         if candidate.is_file():
             return candidate.resolve()
-    return path
+    raise PipelineError(f"include {inc!r} (in {base_dir}): no such file there nor in a {CONFIGS_DIR}/ folder above it")
 
 
 def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) -> Any:
