@@ -32,13 +32,13 @@ def one(config: str, checkpoint_tokens: int | None, batches: int, sample: str) -
     """Fit ``batches`` steps in this process (the longest batches, or random ones with the config's
     batch size); returns peak RSS and step time."""
     import lightning as L
-    import yaml
     from torch.utils.data import DataLoader
 
     from gream_lit.experiment.allocator import fix_mmap_threshold
+    from gream_lit.experiment.composition import compose_file
 
     fix_mmap_threshold()  # as the CLI does; GREAM_MMAP_THRESHOLD=0 measures glibc's default
-    cfg = yaml.safe_load(open(config))
+    cfg = compose_file(config)
     data_cfg, model_cfg = cfg["data"], cfg["model"]
     dm_cls = _import(data_cfg["class_path"])
     model_cls = _import(model_cfg["class_path"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 
+from gream_lit.alignment.tasks.builders import parse_task_specs
 from gream_lit.experiment.composition import compose_file, is_pipeline_file
 from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
 
@@ -26,16 +27,21 @@ TRAINER_DEFAULTS = {
 
 
 def _defaults(class_path: str) -> dict[str, Any]:
+    """Default init arguments of a class, including those its ``__init__`` passes on by ``**kwargs``
+    to a base class (as jsonargparse reads them)."""
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return {}
-    return {
-        n: dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else p.default
-        for n, p in inspect.signature(cls).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+    out: dict[str, Any] = {}
+    for klass in reversed(inspect.getmro(cls) if inspect.isclass(cls) else (cls,)):
+        if not callable(klass) or klass is object:
+            continue
+        for n, p in inspect.signature(klass).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                out[n] = dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else p.default
+    return out
 
 
 def _equal(value: Any, default: Any) -> bool:
@@ -74,6 +80,10 @@ def _stage(config: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(config.get(part), str):
             config[part] = {"class_path": config[part]}
     snap = without_defaults(config)
+    data = config.get("data") or {}
+    if "tasks" in _defaults(str(data.get("class_path", ""))):  # the task table the data module builds
+        tasks = parse_task_specs((data.get("init_args") or {}).get("tasks"))
+        snap["data"].setdefault("init_args", {})["tasks"] = {name: vars(spec) for name, spec in tasks.items()}
     if isinstance(config.get("trainer"), Mapping):
         snap["trainer"] = without_defaults(config["trainer"], TRAINER_DEFAULTS)
     return snap

@@ -14,6 +14,7 @@ from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.text_format import REASONING_SYSTEM_PROMPT
 from gream_lit.experiment.cli import main
+from gream_lit.experiment.composition import compose_file
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 WORDS = ["drill", "screw", "tape", "glove", "clamp", "saw", "bolt", "nut", "wire", "lamp", "fan", "hook"]
@@ -124,7 +125,7 @@ def test_reasoning_eval_prompts_carry_the_reasoning_system_prompt(toy):
 
 
 def test_cli_fit_tiny_curriculum_with_reasoning_eval(toy, tmp_path, capsys):
-    config = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml").read_text())
+    config = compose_file(Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml")
     config["data"]["init_args"].update(toy, max_length=4096, cot_max_samples=None, tasks=None)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "tb")
     path = tmp_path / "tiny.yaml"
@@ -170,7 +171,7 @@ def test_compact_curriculum_trains_ids_vocab_with_text_cot_batches(toy, tmp_path
     expected = [any(r["kind"] == "cot" for r in dm.train_data[i : i + 4]) for i in range(0, len(dm.train_data), 4)]
     assert flags == expected and set(flags) == {True, False}
 
-    config = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml").read_text())
+    config = compose_file(Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml")
     config["trainer"].update(limit_train_batches=None, logger=False, limit_val_batches=0, limit_test_batches=1)
     config["model"]["init_args"].update(logits_vocab="ids", checkpoint_tokens=64)
     config["data"]["init_args"].update(
