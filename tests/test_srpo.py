@@ -13,6 +13,7 @@ import yaml
 
 from gream_lit.experiment.cli import main
 from gream_lit.inference.sampling import Rollout, RolloutEngine
+from gream_lit.rl.rewards import RewardContext, RewardResult, rsvr_reward
 from gream_lit.rl.rl_data import RLDataModule
 from gream_lit.rl.rollout_callback import RolloutCallback
 from gream_lit.rl.srpo_module import SRPOModule
@@ -348,3 +349,47 @@ def test_direct_mode_beam_evaluation_ranks_valid_items(data_dir: Path) -> None:
 def test_beam_evaluation_needs_direct_mode() -> None:
     with pytest.raises(ValueError, match="eval_decoding"):
         SRPOModule(backbone="tiny", tiny=TINY, mode="reason", eval_decoding="beam")
+
+
+SEEN_CONTEXTS: list = []
+
+
+def history_aware_reward(response: str, ctx: RewardContext) -> RewardResult:
+    """A user reward: RSVR's result, recording the context it was given."""
+    SEEN_CONTEXTS.append(ctx)
+    return rsvr_reward(response, ctx.target, ctx.mode, ctx.direct_len)
+
+
+def zero_advantage(rewards: torch.Tensor, group_size: int, *, exact: torch.Tensor, pass_k: int) -> torch.Tensor:
+    return torch.zeros_like(rewards)
+
+
+def test_a_reward_by_import_path_sees_history_index_and_catalogue(data_dir: Path) -> None:
+    SEEN_CONTEXTS.clear()
+    module, _ = fit(data_dir, reward="test_srpo.history_aware_reward")
+    dm = module.trainer.datamodule
+    assert SEEN_CONTEXTS and all(ctx.index is dm.index and ctx.catalog is dm.catalog for ctx in SEEN_CONTEXTS)
+    for ctx in SEEN_CONTEXTS:  # every user of the toy catalogue only ever takes one item
+        assert len(ctx.history) >= 4 and set(ctx.history) == {ctx.item}
+        assert ctx.target == dm.index.item_string(ctx.item)
+
+
+def test_an_advantage_by_import_path_drives_the_update(data_dir: Path) -> None:
+    """All-zero advantages: the clipped loss has no gradient and the KL term starts at zero, so the policy
+    the registry's function trained is exactly the one it started from."""
+    start = {}
+
+    class Start(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            start["params"] = params(pl_module)
+
+    module, steps = fit(data_dir, advantage="test_srpo.zero_advantage", callbacks=(Start(),))
+    assert any("rl/train/pg_loss" in s for s in steps)  # updates ran
+    assert torch.equal(params(module), start["params"])
+
+
+def test_unknown_reward_or_advantage_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown reward 'rsvrr'; expected one of \['exact', 'rsvr'\]"):
+        SRPOModule(backbone="tiny", reward="rsvrr")
+    with pytest.raises(ValueError, match=r"advantage 'no_such_module.f': cannot import it"):
+        SRPOModule(backbone="tiny", advantage="no_such_module.f")

@@ -6,8 +6,11 @@ Rewards arrive flat, ``group_size`` consecutive entries per prompt, as the rollo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+
+from gream_lit.rl.registry import lookup
 
 EPS = 1e-6
 
@@ -75,4 +78,22 @@ def bgae_advantages(
     return grpo_advantages(rewards, group_size, eps) + bonus.reshape(-1).to(rewards.dtype)
 
 
-ADVANTAGES = ("bgae", "grpo")
+AdvantageFn = Callable[..., torch.Tensor]
+"""``f(rewards, group_size, *, exact, pass_k) -> advantages``: flat ``[n_groups * group_size]`` rewards
+and well-formatted exact hits in, one advantage per response out."""
+
+
+def _bgae(rewards: torch.Tensor, group_size: int, *, exact: torch.Tensor, pass_k: int) -> torch.Tensor:
+    return bgae_advantages(rewards, group_size, pass_k, exact)
+
+
+def _grpo(rewards: torch.Tensor, group_size: int, *, exact: torch.Tensor, pass_k: int) -> torch.Tensor:
+    return grpo_advantages(rewards, group_size)
+
+
+ADVANTAGES: dict[str, AdvantageFn] = {"bgae": _bgae, "grpo": _grpo}
+
+
+def get_advantage(name: str) -> AdvantageFn:
+    """A registered advantage (``bgae``, ``grpo``) or any importable function of the same signature."""
+    return lookup(ADVANTAGES, name, "advantage")

@@ -8,7 +8,12 @@ the policy keep the answer parseable. Both GREAM ``<|a_1|>`` and LC-Rec ``<a_0>`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from gream_lit.data.catalog import Catalog
+from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.rl.registry import lookup
 
 # Credit for m matching leading levels (m = 1, 2, 3, >= 4), below 1.0 so an exact hit is strictly best.
 PREFIX_CREDIT = (0.5, 0.707, 0.866, 0.95)
@@ -127,4 +132,36 @@ def exact_reward(
     )
 
 
-REWARDS = {"rsvr": rsvr_reward, "exact": exact_reward}
+@dataclass(frozen=True)
+class RewardContext:
+    """Everything a reward may look at beside the response: the target, the prompt's history (item rows,
+    oldest first), the user, and the run's semantic index and catalogue (``None`` outside a trainer), so
+    a reward can credit, say, a novel item or a category match without new plumbing."""
+
+    target: str
+    mode: str = "reason"
+    direct_len: tuple[int, int] = (4, 5)
+    item: int | None = None
+    user: int | None = None
+    history: tuple[int, ...] = ()
+    index: SemanticIndex | None = None
+    catalog: Catalog | None = None
+
+
+RewardFn = Callable[[str, RewardContext], RewardResult]
+
+
+def _rsvr(response: str, ctx: RewardContext) -> RewardResult:
+    return rsvr_reward(response, ctx.target, ctx.mode, ctx.direct_len)
+
+
+def _exact(response: str, ctx: RewardContext) -> RewardResult:
+    return exact_reward(response, ctx.target, ctx.mode, ctx.direct_len)
+
+
+REWARDS: dict[str, RewardFn] = {"rsvr": _rsvr, "exact": _exact}
+
+
+def get_reward(name: str) -> RewardFn:
+    """A registered reward (``rsvr``, ``exact``) or any importable ``f(response, ctx) -> RewardResult``."""
+    return lookup(REWARDS, name, "reward")

@@ -60,7 +60,7 @@ def collate_prompts(rows: list[dict]) -> dict[str, list]:
 
 
 class RLDataModule(CatalogDataModule):
-    """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user"}`` lists
+    """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user", "history"}`` lists
     (``messages`` is a chat turn list, or the prompt text itself in the compact format).
 
     Args:
@@ -162,6 +162,7 @@ class RLDataModule(CatalogDataModule):
                     "target": self.sid(s.target),
                     "item": s.target,
                     "user": s.user,
+                    "history": list(s.history),
                 }
             )
         return rows

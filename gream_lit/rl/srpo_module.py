@@ -37,11 +37,11 @@ from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
-from gream_lit.rl.advantages import ADVANTAGES, bgae_advantages, grpo_advantages
+from gream_lit.rl.advantages import get_advantage
 from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rewards import MODES, PREFIX_CREDIT, REWARDS, RewardResult, parse_answer
+from gream_lit.rl.rewards import MODES, PREFIX_CREDIT, RewardContext, RewardResult, get_reward, parse_answer
 from gream_lit.rl.rollout_callback import ROLLOUT_KEY, RolloutCallback
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,10 @@ class SRPOModule(L.LightningModule):
         lora: LoRA options; the reference policy is then the same weights with the adapter disabled.
             ``None`` trains all weights against a frozen copy.
         mode: ``reason`` or ``direct`` (must match the data module's prompts).
-        reward: ``rsvr`` (prefix credit) or ``exact`` (0/1 ablation).
-        advantage: ``bgae`` (z-score + pass@k bonus) or ``grpo`` (z-score only, ablation).
+        reward: ``rsvr`` (prefix credit), ``exact`` (0/1 ablation), or ``package.module.function`` taking
+            ``(response, RewardContext)`` (``rewards.RewardContext``: target, history, user, index, catalogue).
+        advantage: ``bgae`` (z-score + pass@k bonus), ``grpo`` (z-score only, ablation), or an importable
+            ``f(rewards, group_size, *, exact, pass_k)`` (``advantages.AdvantageFn``).
         pass_k: k of the pass@k bonus.
         rollout: training sampling (GREAM: n=10, T=1, top-p=1, 1560 new tokens).
         val_sampling: validation sampling (GREAM: n=5, T=0.6, top-p=0.8).
@@ -153,10 +155,8 @@ class SRPOModule(L.LightningModule):
         check_test_dtype(test_dtype)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        if reward not in REWARDS:
-            raise ValueError(f"unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
-        if advantage not in ADVANTAGES:
-            raise ValueError(f"unknown advantage {advantage!r}; expected one of {ADVANTAGES}")
+        self._reward = get_reward(reward)
+        self._advantage = get_advantage(advantage)
         if eval_decoding not in ("sample", "beam") or (eval_decoding == "beam" and mode != "direct"):
             raise ValueError(f"eval_decoding {eval_decoding!r}: expected 'sample', or 'beam' with mode 'direct'")
         if logits_vocab not in ("full", "ids") or (logits_vocab == "ids" and mode != "direct"):
@@ -237,10 +237,24 @@ class SRPOModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---- scoring --------------------------------------------------------------------------------
-    def score(self, texts: list[str], targets: list[str], group_size: int) -> list[RewardResult]:
-        """Reward of every response; ``targets`` holds one entry per prompt."""
-        fn = REWARDS[self.hparams.reward]
-        return [fn(text, targets[i // group_size], self.hparams.mode, self._direct_len) for i, text in enumerate(texts)]
+    def score(self, texts: list[str], batch: dict, group_size: int) -> list[RewardResult]:
+        """Reward of every response (``group_size`` per prompt of ``batch``), each against its prompt's
+        context: target, history, user, and the data module's index and catalogue."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        contexts = [
+            RewardContext(
+                target=target,
+                mode=self.hparams.mode,
+                direct_len=self._direct_len,
+                item=batch["item"][i] if "item" in batch else None,
+                user=batch["user"][i] if "user" in batch else None,
+                history=tuple(batch["history"][i]) if "history" in batch else (),
+                index=getattr(dm, "index", None),
+                catalog=getattr(dm, "catalog", None),
+            )
+            for i, target in enumerate(batch["target"])
+        ]
+        return [self._reward(text, contexts[i // group_size]) for i, text in enumerate(texts)]
 
     def _log_rollout_stats(self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor) -> None:
         n = len(results)
@@ -284,7 +298,7 @@ class SRPOModule(L.LightningModule):
         rollout = batch.get(ROLLOUT_KEY)
         if rollout is None:
             raise RuntimeError("SRPOModule trains on the rollouts RolloutCallback puts in each batch; none were found")
-        results = self.score(rollout.texts, batch["target"], rollout.group_size)
+        results = self.score(rollout.texts, batch, rollout.group_size)
         match = torch.tensor([r.match for r in results])
         keep = filter_groups(match, rollout.group_size)
         self._gen_batch += 1
@@ -326,11 +340,7 @@ class SRPOModule(L.LightningModule):
         n_rows = min(len(rollout), hp.update_groups * g)
         rows = torch.arange(n_rows, device=rollout.response_ids.device)
         rollout, rewards, exact = rollout.select(rows), rewards[:n_rows], exact[:n_rows]
-        if hp.advantage == "bgae":
-            adv = bgae_advantages(rewards, g, hp.pass_k, exact)
-        else:
-            adv = grpo_advantages(rewards, g)
-        adv = adv.to(self.device, torch.float32)
+        adv = self._advantage(rewards, g, exact=exact, pass_k=hp.pass_k).to(self.device, torch.float32)
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         with torch.no_grad():
             old = self.engine.logprobs(self.policy, rollout, temperature=self.sampling["train"].temperature)
@@ -416,7 +426,7 @@ class SRPOModule(L.LightningModule):
             result = self.direct_eval.step(self, model, ids, mask, target, split)
             return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
         rollout, ranked, _ = self._sample_ranked(batch, sampling)
-        results = self.score(rollout.texts, batch["target"], rollout.group_size)
+        results = self.score(rollout.texts, batch, rollout.group_size)
         target = torch.tensor(batch["item"])
         metrics.update(ranked, target)
         b = len(batch["item"])
