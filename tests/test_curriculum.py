@@ -1,4 +1,4 @@
-"""Curriculum schedules: fixed-seed counts, spec §5.3 parity, and each schedule's invariants."""
+"""Curriculum schedules: fixed-seed counts, docs/gream_spec.md §5.3 parity, and each schedule's invariants."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RL prompts (spec §7.1) and the rollout engine's padding, masking and sampling isolation."""
+"""RL prompts (docs/gream_spec.md §7.1) and the rollout engine's padding, masking and sampling isolation."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_exact_reward_is_binary() -> None:
     assert exact_reward(f"<answer>{TARGET}</answer>", TARGET).reward == 0.0
 
 
-# (c, rho, sigma, bonus on hit, bonus on non-hit) for n = 10, K = 4: spec §7.4 table.
+# (c, rho, sigma, bonus on hit, bonus on non-hit) for n = 10, K = 4: docs/gream_spec.md §7.4 table.
 BONUS_TABLE = [
     (1, 0.4000, 0.4899, 1.2247, -0.1361),
     (2, 0.6667, 0.4714, 0.7071, -0.1768),

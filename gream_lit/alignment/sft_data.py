@@ -36,7 +36,7 @@ IGNORE = -100
 
 def answer_text(tokenizer, response: str) -> str:
     """What the chat template writes after the generation prompt for ``response``, up to and
-    including the end-of-turn token (the text the loss is on, spec §5.4)."""
+    including the end-of-turn token (the text the loss is on, docs/gream_spec.md §5.4)."""
     user = [{"role": "user", "content": "x"}]
     prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
     full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
@@ -122,7 +122,7 @@ def label_index(labels: torch.Tensor) -> torch.Tensor:
 
 
 class AlignmentDataModule(CatalogDataModule):
-    """Alignment SFT data (spec §5.1, §5.4) plus direct-mode evaluation prompts.
+    """Alignment SFT data (docs/gream_spec.md §5.1, §5.4) plus direct-mode evaluation prompts.
 
     Args:
         index_path: semantic-ID index (``.index.json``) of the catalogue's items.

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of the LM on chat samples (alignment and curriculum stages, spec §6).
+"""Supervised fine-tuning of the LM on chat samples (alignment and curriculum stages, docs/gream_spec.md §6).
 
 Data-agnostic: the datamodule supplies the tokenizer (with ID tokens), the index and batches (see
 ``gream_lit.alignment.sft_data``). Validation/test run direct-mode recommendation: constrained beam search
@@ -85,7 +85,7 @@ class SFTModule(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_ratio: share of optimizer steps of linear warm-up before the cosine decay.
         num_beams: beams (= ranked list length) of the constrained search.
-        constraint: ``trie`` (only catalogue IDs) or ``per_position`` (the official rule, spec §8.1).
+        constraint: ``trie`` (only catalogue IDs) or ``per_position`` (the official rule, docs/gream_spec.md §8.1).
         ks: cut-offs of the ranking metrics.
         stage: first part of the log keys (``sft/val/ndcg@10``).
         export_merged: at the end of fit also write ``hf/model``, the LoRA-merged model (a full copy

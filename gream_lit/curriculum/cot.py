@@ -1,4 +1,4 @@
-"""Chain-of-thought SFT samples for the reasoning curriculum (spec §5.2).
+"""Chain-of-thought SFT samples for the reasoning curriculum (docs/gream_spec.md §5.2).
 
 A teacher sees a user's history and the true next item and writes Steps 1-4 while reasoning as if it
 did not know the item. We keep Steps 1-3 and build the response
@@ -162,7 +162,7 @@ class CotStats:
 def cot_targets(
     catalog: Catalog, users: Sequence[int] | None = None, max_history: int = 20, min_history: int = 4
 ) -> list[Sample]:
-    """Every training target with at least ``min_history`` items before it (spec §5.2): for
+    """Every training target with at least ``min_history`` items before it (docs/gream_spec.md §5.2): for
     ``trimmed = seq[:-2]``, targets ``trimmed[t]`` for ``min_history <= t < len(trimmed)``."""
     out = []
     for u in range(catalog.n_users) if users is None else users:
@@ -390,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gream_lit.curriculum.teachers import build_teacher, build_user_side_info
     from gream_lit.data.readers import load_catalog
 
-    p = argparse.ArgumentParser(prog="gream_lit teacher", description="teacher-written data (spec §3, §5.2)")
+    p = argparse.ArgumentParser(
+        prog="gream_lit teacher", description="teacher-written data (docs/gream_spec.md §3, §5.2)"
+    )
     p.add_argument("what", choices=("cot", "side-info"))
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--format", default="lcrec")

@@ -1,4 +1,4 @@
-"""Curriculum SFT data (spec §5.2, §5.3, §6): alignment samples + teacher CoT, mixed in curriculum order.
+"""Curriculum SFT data (docs/gream_spec.md §5.2, §5.3, §6): alignment samples + teacher CoT, mixed in curriculum order.
 
 Reuses ``AlignmentDataModule``'s tokenisation, collation and evaluation sets. Both sample kinds are
 encoded first (samples that cannot fit ``max_length`` are dropped), then ``curriculum.mix`` orders the
@@ -44,7 +44,7 @@ class CurriculumDataModule(AlignmentDataModule):
         n_stages: stages of the ``staged`` schedule.
         reason_passes: copies of the CoT set in the ``none`` schedule (official: seen 3 times).
         eval_mode: ``direct`` (plain seq-rec prompt) or ``reasoning`` (reasoning system prompt + the
-            reasoning template; the module then thinks before answering, spec §8.2).
+            reasoning template; the module then thinks before answering, docs/gream_spec.md §8.2).
         **kwargs: ``AlignmentDataModule`` arguments (index, backbone, tasks, passes, max_length, ...).
     """
 

@@ -1,8 +1,8 @@
-"""Orders alignment and reasoning samples into one SFT stream (spec §5.3). Training must not shuffle it.
+"""Orders alignment and reasoning samples into one SFT stream (docs/gream_spec.md §5.3). Training must not shuffle it.
 
 Schedules (pure functions of the two lists, the batch size and seeds):
 
-* ``official``: spec §5.3 exactly. The alignment rows are cut into three contiguous parts (about one
+* ``official``: docs/gream_spec.md §5.3 exactly. The alignment rows are cut into three contiguous parts (about one
   alignment pass each); one ``random.Random(20241006)`` shuffles part 1, 2, 3 and then the reasoning
   rows. Parts 1 and 2 (seeds 42, 43) walk their alignment batches and after batch ``i`` insert the
   next reasoning batch with probability ``p_i = (i / |O|) * (|R| / |O|) * 1.5``; reasoning batches

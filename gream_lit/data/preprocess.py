@@ -1,4 +1,4 @@
-"""Raw interaction events -> Catalog, and Catalog -> LC-Rec json files (spec §2.2).
+"""Raw interaction events -> Catalog, and Catalog -> LC-Rec json files (docs/gream_spec.md §2.2).
 
 The pipeline: drop events whose item has no metadata, de-duplicate (user, item) keeping the earliest
 event, iterative k-core, order each user's items chronologically, remap ids densely. Every step is
@@ -103,7 +103,7 @@ def preprocess(
     item_k: int = 5,
     id_key: IdKey = str,
 ) -> Catalog:
-    """The full GREAM pipeline from raw events and item metadata to a Catalog (spec §2.2 steps 3-7).
+    """The full GREAM pipeline from raw events and item metadata to a Catalog (docs/gream_spec.md §2.2 steps 3-7).
 
     ``catalog.skipped`` counts the interactions each step dropped (``no_metadata``, ``duplicates``,
     ``k_core``), so the statistics table can show where the raw data went.

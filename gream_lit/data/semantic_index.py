@@ -87,7 +87,7 @@ class SemanticIndex:
         return [format_token(lv, int(c), self.style) for lv, c in enumerate(self.codes[item]) if c >= 0]
 
     def item_string(self, item: int) -> str:
-        """The ID as the LLM writes it: tokens joined with no separator (spec §4.4)."""
+        """The ID as the LLM writes it: tokens joined with no separator (docs/gream_spec.md §4.4)."""
         return "".join(self.item_tokens(item))
 
     def all_tokens(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Leave-one-out split (spec §2.2 step 8): train prefixes, valid = second-to-last, test = last."""
+"""Leave-one-out split (docs/gream_spec.md §2.2 step 8): train prefixes, valid = second-to-last, test = last."""
 
 from __future__ import annotations
 

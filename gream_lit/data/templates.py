@@ -1,4 +1,4 @@
-"""Instruction templates of the alignment tasks (spec §5.1), in our own wording.
+"""Instruction templates of the alignment tasks (docs/gream_spec.md §5.1), in our own wording.
 
 Placeholders: ``{history}`` (items joined by ", "), ``{item}`` (a semantic ID), ``{title}``,
 ``{description}``, ``{preference}`` (a teacher-written user preference), ``{query}`` (a teacher-written

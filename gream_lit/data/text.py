@@ -1,4 +1,4 @@
-"""Item text cleaning as GREAM's preprocessing does it (spec §2.2 step 2), so prompts see the same text."""
+"""Item text cleaning as GREAM's preprocessing does it (docs/gream_spec.md §2.2 step 2), so prompts see the same text."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class TaskSample:
 
 
 def format_response(reasoning: str, rewrite: Sequence[str], target: str) -> str:
-    """The exact assistant layout of spec §5.2 with our (possibly denoised) rewrite."""
+    """The exact assistant layout of docs/gream_spec.md §5.2 with our (possibly denoised) rewrite."""
     return (
         f"<think>\n{reasoning}\n</think>\n\n"
         f"{REWRITE_INTRO}{HISTORY_SEP.join(rewrite)}.\n\n"

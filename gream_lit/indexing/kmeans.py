@@ -1,7 +1,7 @@
 """K-means and size-balanced k-means in torch, and residual quantisation built from them.
 
 GREAM's official code balances every level with ``k-means-constrained`` (a min-cost-flow solve per
-Lloyd iteration, cluster sizes n/K ± 1, spec §4.2), which takes minutes to hours at catalogue scale.
+Lloyd iteration, cluster sizes n/K ± 1, docs/gream_spec.md §4.2), which takes minutes to hours at catalogue scale.
 ``balanced_assign`` gets the same guarantee much faster: Sinkhorn dual prices make the nearest-centroid
 choice nearly balanced, vectorised deferred acceptance with capacity ceil(n/K) rounds it, the cheapest
 moves into clusters still below floor(n/K) complete it, and pairwise swaps / single moves that keep the

@@ -26,7 +26,7 @@ class RQKMeansIndex(L.LightningModule):
     Args:
         output_path: where the index json goes (a pipeline points it into the stage directory).
         method, levels, codebook_size, collision, seed, max_iter, tol, n_init, style: see ``BuildConfig``;
-            the defaults are GREAM's (spec §4.2: balanced, 4 x 256, 3 inits of at most 100 iterations).
+            the defaults are GREAM's (docs/gream_spec.md §4.2: balanced, 4 x 256, 3 inits of at most 100 iterations).
     """
 
     def __init__(

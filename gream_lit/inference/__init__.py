@@ -5,7 +5,7 @@ Public API (what modules and scripts code against):
 ``build_prefix_tables(item_token_ids, eos_token_id) -> PrefixTables``
     Dense per-step trie tables from ``[n_items, L]`` vocabulary ids (``-1`` pads shorter IDs, which
     are then EOS-padded on their path). ``build_per_position_tables`` gives the official per-position
-    rule (spec §8.1). ``index_token_ids(index, tokenizer)`` turns a ``SemanticIndex`` into those ids.
+    rule (docs/gream_spec.md §8.1). ``index_token_ids(index, tokenizer)`` turns a ``SemanticIndex`` into those ids.
     ``tables.to(device)`` once before decoding.
 
 ``constrained_beam_search(model, input_ids, attention_mask, tables, num_beams=10) -> BeamResult``

@@ -38,7 +38,7 @@ class DirectEvaluator(torch.nn.Module):
         stage: first part of the log keys, e.g. ``sft`` -> ``sft/val/recall@10``.
         num_beams: beams per user = length of the ranked list (10 as in GREAM; 50+ works).
         ks: cut-offs of the metrics; each must be <= ``num_beams``.
-        constraint: ``trie`` (only catalogue IDs) or ``per_position`` (official rule, spec §8.1).
+        constraint: ``trie`` (only catalogue IDs) or ``per_position`` (official rule, docs/gream_spec.md §8.1).
         vocab: token ids to score over (``constrained_beam_search``'s ``vocab``); ``None`` = all.
     """
 

@@ -9,7 +9,7 @@ Two constraints are built on this:
 
 * the **prefix trie** over the catalogue's ID token sequences (shorter IDs padded with EOS so every path
   has the same length); the state after the last step is a leaf and ``leaf_item`` maps it to the item;
-* the official GREAM **per-position** rule (spec §8.1), kept for number parity: at position ``j`` any
+* the official GREAM **per-position** rule (docs/gream_spec.md §8.1), kept for number parity: at position ``j`` any
   token seen at ID level ``j`` is allowed, EOS joins the deepest level and is forced one step later. It
   can emit IDs that are no catalogue item, which then map to item ``-1``.
 """
@@ -173,7 +173,7 @@ def build_prefix_tables(item_token_ids: torch.Tensor, eos_token_id: int) -> Pref
 
 
 def build_per_position_tables(item_token_ids: torch.Tensor, eos_token_id: int) -> PrefixTables:
-    """The official per-position rule (spec §8.1) as tables with states ``0`` = writing, ``1`` = ended.
+    """The official per-position rule (docs/gream_spec.md §8.1) as tables with states ``0`` = writing, ``1`` = ended.
 
     With depth ``D``: position ``j < D`` allows every token seen at level ``j``; EOS is added at
     position ``D - 1`` and is the only choice at position ``D``. Once EOS is written the hypothesis stays

@@ -1,4 +1,4 @@
-"""Reasoning-mode recommendation (spec §8.2): the model thinks, then names the item.
+"""Reasoning-mode recommendation (docs/gream_spec.md §8.2): the model thinks, then names the item.
 
 Two decoders over the same left-padded reasoning prompts (a forced ``<think>\\n`` is appended, as the
 official evaluation does):

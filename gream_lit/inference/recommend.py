@@ -14,7 +14,7 @@ from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_i
 
 def direct_prompt(history: Sequence[int], index: SemanticIndex, tokenizer) -> str:
     """Direct-mode prompt: the seq-rec instruction over the history's IDs as one user chat turn,
-    no system message, with the generation prompt (spec §8.1)."""
+    no system message, with the generation prompt (docs/gream_spec.md §8.1)."""
     text = DIRECT_EVAL_TEMPLATE.format(history=", ".join(index.item_string(i) for i in history))
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True

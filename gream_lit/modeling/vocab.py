@@ -1,4 +1,4 @@
-"""Give the LM one atomic token per semantic-ID code (spec §4.5) and initialise the new rows.
+"""Give the LM one atomic token per semantic-ID code (docs/gream_spec.md §4.5) and initialise the new rows.
 
 Two initialisations:
 

@@ -1,4 +1,4 @@
-"""SRPO reinforcement learning (spec §7): rewards, advantages, losses, dynamic sampling."""
+"""SRPO reinforcement learning (docs/gream_spec.md §7): rewards, advantages, losses, dynamic sampling."""
 
 from gream_lit.rl.advantages import bgae_advantages, grpo_advantages, passk_bonus
 from gream_lit.rl.filtering import filter_groups

@@ -1,4 +1,4 @@
-"""Group-relative advantages (spec §7.4): GRPO z-scores and BGAE = z-score + pass@k bonus.
+"""Group-relative advantages (docs/gream_spec.md §7.4): GRPO z-scores and BGAE = z-score + pass@k bonus.
 
 Rewards arrive flat, ``group_size`` consecutive entries per prompt, as the rollout engine emits them.
 """
@@ -32,7 +32,7 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = EPS) ->
 
 
 def _comb(n: int, k: int) -> int:
-    """Binomial coefficient that is 0 outside ``0 <= k <= n`` (scipy's convention, spec §7.4)."""
+    """Binomial coefficient that is 0 outside ``0 <= k <= n`` (scipy's convention, docs/gream_spec.md §7.4)."""
     return math.comb(n, k) if 0 <= k <= n else 0
 
 

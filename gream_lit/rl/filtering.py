@@ -1,4 +1,4 @@
-"""Dynamic sampling (spec §7.5, DAPO "filter groups"): drop prompt groups that carry no signal."""
+"""Dynamic sampling (docs/gream_spec.md §7.5, DAPO "filter groups"): drop prompt groups that carry no signal."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PPO policy loss with dual clip and the k3 KL estimator (spec §7.6), aggregated as a token mean."""
+"""PPO policy loss with dual clip and the k3 KL estimator (docs/gream_spec.md §7.6), aggregated as a token mean."""
 
 from __future__ import annotations
 

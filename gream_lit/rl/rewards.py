@@ -1,4 +1,4 @@
-"""Verifiable rewards for generated recommendations (spec §7.3).
+"""Verifiable rewards for generated recommendations (docs/gream_spec.md §7.3).
 
 RSVR gives partial credit for every leading semantic-ID level the answer gets right, because exact
 hits are too sparse for a group-relative advantage to learn from early in RL; a format gate makes

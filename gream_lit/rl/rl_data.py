@@ -1,4 +1,4 @@
-"""RL prompts (spec §7.1): next-item questions over semantic IDs, answered by the policy's rollouts.
+"""RL prompts (docs/gream_spec.md §7.1): next-item questions over semantic IDs, answered by the policy's rollouts.
 
 For every user and every target position ``i`` with at least ``min_history`` earlier items, the
 prompt asks for ``seq[i]`` given ``seq[:i][-max_history:]``: targets before the validation item train,

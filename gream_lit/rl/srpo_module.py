@@ -1,4 +1,4 @@
-"""SRPO (spec §7.8) as a LightningModule with manual optimisation.
+"""SRPO (docs/gream_spec.md §7.8) as a LightningModule with manual optimisation.
 
 One ``training_step`` = one generation batch: sample ``G`` responses per prompt, score them (RSVR or
 exact), keep the groups whose ``match`` varies (dynamic sampling). Kept groups accumulate over
@@ -101,7 +101,7 @@ class SRPOModule(L.LightningModule):
         warmup_steps: linear warm-up length in updates (GREAM: 10).
         forward_batch_size: sequences per forward pass when scoring log-probs.
         ks: cut-offs of the validation/test ranking metrics.
-        eval_decoding: ``sample`` (spec §8.2: n samples ranked by log-prob) or, in direct mode,
+        eval_decoding: ``sample`` (docs/gream_spec.md §8.2: n samples ranked by log-prob) or, in direct mode,
             ``beam`` (exact trie-constrained beam search, comparable with the SFT stages' direct tests).
         num_beams: beams of ``beam`` evaluation.
         test_dtype: ``float32``, or ``bfloat16`` for the ``beam`` test (a bfloat16 copy of the policy:
@@ -417,7 +417,7 @@ class SRPOModule(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> dict[str, torch.Tensor]:
-        """Sample ``n`` answers per prompt, rank them by the model's total log-prob (spec §8.2), score them."""
+        """Sample ``n`` answers per prompt, rank them by the model's total log-prob (docs/gream_spec.md §8.2), score them."""
         if self.direct_eval is not None:
             # direct mode, exact trie-constrained beam search: the SFT stages' ranking
             ids, mask = self.engine.encode(batch["messages"], self.device)

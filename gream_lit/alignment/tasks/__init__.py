@@ -1,4 +1,4 @@
-"""Alignment SFT tasks (spec §5.1): templates, builders, teacher side information."""
+"""Alignment SFT tasks (docs/gream_spec.md §5.1): templates, builders, teacher side information."""
 
 from gream_lit.alignment.tasks.builders import (
     DEFAULT_TASKS,

@@ -1,4 +1,4 @@
-"""Alignment task builders (spec §5.1): catalog + semantic IDs -> chat samples.
+"""Alignment task builders (docs/gream_spec.md §5.1): catalog + semantic IDs -> chat samples.
 
 Each builder turns one kind of knowledge into instruction/answer pairs: sequences of IDs
 (``seqrec``), ID <-> text (``item2index``, ``index2item``), mixed ID/text sequences (``fusionseqrec``)
@@ -70,7 +70,7 @@ def parse_task_specs(config: dict[str, dict] | None) -> dict[str, TaskSpec]:
 
 
 def clean_title(title: str) -> str:
-    """Titles lose backticks and trailing ``.!?,;:`` (spec §5.1)."""
+    """Titles lose backticks and trailing ``.!?,;:`` (docs/gream_spec.md §5.1)."""
     return title.replace("`", "").strip().rstrip(".!?,;:").strip()
 
 

@@ -1,4 +1,4 @@
-"""Teacher-written user side information (spec §3) for the itemsearch and preferenceobtain tasks.
+"""Teacher-written user side information (docs/gream_spec.md §3) for the itemsearch and preferenceobtain tasks.
 
 Read from GREAM's ``<D>.user.json``: ``{"user_explicit_preference": {uid: [p1, p2, p3]},
 "user_vague_intention": {"train": {uid: {"querys": [user_related, item_related], ...}}}}``, keyed by

@@ -1,4 +1,4 @@
-"""Teachers: chat models that write reasoning and user side information (spec §3, §5.2)."""
+"""Teachers: chat models that write reasoning and user side information (docs/gream_spec.md §3, §5.2)."""
 
 from __future__ import annotations
 

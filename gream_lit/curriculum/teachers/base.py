@@ -1,6 +1,6 @@
 """The teacher interface: a chat model that answers lists of chat messages.
 
-Teachers write chain-of-thought and user side information (spec §3, §5.2). Every implementation answers
+Teachers write chain-of-thought and user side information (docs/gream_spec.md §3, §5.2). Every implementation answers
 one request with ``complete`` and many with ``complete_many``; ``on_result`` is called as each answer
 arrives so a caller (``CachedTeacher``) can persist finished work before a later request fails.
 """

@@ -1,4 +1,4 @@
-"""What we ask teachers, in our own words (spec §3 and §5.2 describe the official prompts' shape).
+"""What we ask teachers, in our own words (docs/gream_spec.md §3 and §5.2 describe the official prompts' shape).
 
 Requests are plain chat messages; item metadata is written as ``key: value`` blocks so that the
 offline ``TemplateTeacher`` can read a request back with ``parse_item_blocks``.

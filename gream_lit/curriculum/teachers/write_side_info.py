@@ -1,4 +1,4 @@
-"""User preference and intention texts for the itemsearch / preferenceobtain alignment tasks (spec §3).
+"""User preference and intention texts for the itemsearch / preferenceobtain alignment tasks (docs/gream_spec.md §3).
 
 Per user: three explicit preferences (summary, long-term, short-term) written from the titles of the
 history ``seq[:-3]`` (last ``max_history``), and two vague intentions (user-side, item-side) written from

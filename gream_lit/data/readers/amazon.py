@@ -1,4 +1,4 @@
-"""Raw Amazon review dumps (2014, 2018, 2023) -> events + item text, then the spec §2.2 pipeline.
+"""Raw Amazon review dumps (2014, 2018, 2023) -> events + item text, then the docs/gream_spec.md §2.2 pipeline.
 
 File layouts, as the public dumps name them (``<Cat>`` is the category, e.g. ``Industrial_and_Scientific``):
 
@@ -162,7 +162,7 @@ def read_events(path: str | Path, source: str) -> list[Event]:
 def load_amazon(
     source: str, ratings: str | Path, meta: str | Path, name: str, user_k: int = 5, item_k: int = 5
 ) -> Catalog:
-    """Raw dump files -> Catalog through the GREAM preprocessing (spec §2.2)."""
+    """Raw dump files -> Catalog through the GREAM preprocessing (docs/gream_spec.md §2.2)."""
     items = read_meta(meta, source)
     return preprocess(name, read_events(ratings, source), items, user_k=user_k, item_k=item_k)
 
