@@ -159,6 +159,23 @@ def reasoning_curriculum(align: dict, reasoning: dict, **data: object) -> dict:
     }
 
 
+def test_one_backbone_override_switches_the_pipelines_llm(tmp_path: Path) -> None:
+    """The experiment names its LLM once; ``--backbone`` replaces it in every stage that starts from it."""
+    paths = write_inputs(tmp_path)
+    exp = experiment(paths)
+    exp["backbone"] = "no-such-model"
+    exp["stages"]["align"]["data"]["init_args"]["backbone"] = "${backbone}"
+    del exp["stages"]["rl"]
+    config = tmp_path / "tiny_gream.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run), "--backbone", paths["backbone"]]) == 0
+    align_cfg = yaml.safe_load((run / "align" / "config.yaml").read_text())
+    assert align_cfg["data"]["init_args"]["backbone"] == paths["backbone"]
+    assert yaml.safe_load((run / "experiment.yaml").read_text())["backbone"] == paths["backbone"]
+    assert (run / "align" / "DONE").is_file()
+
+
 def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsys) -> None:
     from transformers import AutoTokenizer
 
