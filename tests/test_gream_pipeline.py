@@ -311,6 +311,20 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
     with pytest.raises(PipelineError, match="stage 'align' cannot predict: it has no reasoning mode"):
         main(["predict", str(run), "--stage", "align", "--mode", "reasoning"])
 
+    # a reasoning-mode test on a fixed sample of users lands beside the stage's own test, not over it
+    own = (run / "curriculum" / "test_per_user.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["test", str(run), "--stage", "curriculum", "--mode", "reasoning", "--max_eval_users", "2"]) == 0
+    folder = run / "curriculum" / "eval_reasoning_2users"
+    reasoned = [json.loads(line) for line in (folder / "test_per_user.jsonl").read_text().splitlines()]
+    metrics = json.loads((folder / "test_metrics.json").read_text())
+    assert len(reasoned) == 2 and "curriculum/test/parse_rate" in metrics
+    assert (run / "curriculum" / "test_per_user.jsonl").read_text() == own
+    summary = capsys.readouterr().out
+    assert summary[summary.index("stages in pipeline order") :].splitlines()[3].split()[:2] == ["curriculum", "2"]
+    with pytest.raises(PipelineError, match="stage 'align' cannot test in reasoning mode: it has no reasoning mode"):
+        main(["test", str(run), "--stage", "align", "--mode", "reasoning"])
+
     from gream_lit import load_recommender
 
     rec = load_recommender(run / "curriculum" / "hf" / "adapter")

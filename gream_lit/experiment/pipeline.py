@@ -441,10 +441,11 @@ def run_lightning(
     ckpt_path: str | None = None,
     callbacks: Sequence[L.Callback] = (),
     overrides: Sequence[str] = (),
+    out_dir: Path | None = None,
 ) -> tuple[L.Trainer, dict[str, float]]:
     """One LightningCLI command on a saved config (``overrides``: extra command-line flags); returns the
     trainer and every finite metric it logged. After ``fit`` that is the last validation plus the test of
-    the best checkpoint.
+    the best checkpoint. Per-user results and resources go to ``out_dir`` (default: the config's folder).
     """
     args = [command, "--config", str(config_path), *overrides]
     if ckpt_path:
@@ -453,7 +454,7 @@ def run_lightning(
         args=args,
         save_config_kwargs={"overwrite": True},
         extra_callbacks=callbacks,
-        per_user_dir=str(config_path.parent),
+        per_user_dir=str(out_dir or config_path.parent),
     )
     return cli.trainer, {**cli.val_metrics, **_finite(cli.trainer.callback_metrics)}
 
@@ -647,17 +648,48 @@ def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tup
         yield stage, record
 
 
-def evaluate_run(command: str, run: RunDir, only: str | None = None) -> dict[str, dict[str, float]]:
-    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``."""
+PREDICT_MODES = ("direct", "reasoning")
+
+
+def eval_dir(stage_dir: Path, mode: str = "direct", max_eval_users: int | None = None) -> Path:
+    """Where an evaluation of a finished stage writes: the stage's folder for its own test, else a subfolder."""
+    if mode == "direct" and max_eval_users is None:
+        return stage_dir
+    return stage_dir / (f"eval_{mode}" + (f"_{max_eval_users}users" if max_eval_users else ""))
+
+
+def evaluate_run(
+    command: str, run: RunDir, only: str | None = None, mode: str = "direct", max_eval_users: int | None = None
+) -> dict[str, dict[str, float]]:
+    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``.
+
+    ``mode="reasoning"`` (stages trained to reason) or a ``max_eval_users`` cap evaluates differently from
+    the stage's own test, so its metrics, per-user results and resources go to ``<stage>/eval_<mode>[_<N>users]/``
+    and the stage's own files stay as the run wrote them."""
+    if mode not in PREDICT_MODES:
+        raise PipelineError(f"--mode {mode!r}; expected one of {PREDICT_MODES}")
+    if max_eval_users is not None and max_eval_users < 1:
+        raise PipelineError(f"--max_eval_users must be >= 1, got {max_eval_users}")
+    overrides = ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
+    if max_eval_users is not None:
+        overrides += ["--data.init_args.max_eval_users", str(max_eval_users)]
     results = {}
     for stage, record in finished_stages(run, only, command):
-        _, metrics = run_lightning(command, run.stage_dir(stage) / "config.yaml", record["ckpt"] or None)
-        (run.stage_dir(stage) / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        config_path = run.stage_dir(stage) / "config.yaml"
+        out_dir = run.stage_dir(stage)
+        if overrides:
+            skip = _cannot_rank(yaml.safe_load(config_path.read_text()), mode)
+            if skip:
+                if only is not None:
+                    raise PipelineError(f"stage {stage!r} cannot {command} in {mode} mode: {skip}")
+                log.warning("stage %s: skipping %s, %s", stage, command, skip)
+                continue
+            out_dir = eval_dir(out_dir, mode, max_eval_users)
+            out_dir.mkdir(exist_ok=True)
+        _, metrics = run_lightning(command, config_path, record["ckpt"] or None, overrides=overrides, out_dir=out_dir)
+        (out_dir / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         results[stage] = metrics
     return results
-
-
-PREDICT_MODES = ("direct", "reasoning")
 
 
 def import_class(path: str) -> Any:
@@ -672,6 +704,16 @@ def _stage_class(config: Mapping[str, Any], part: str) -> type | None:
     return import_class(path) if isinstance(path, str) and "." in path else None
 
 
+def _cannot_rank(config: Mapping[str, Any], mode: str) -> str | None:
+    """Why a stage cannot rank items in ``mode`` (``None``: it can)."""
+    model_cls, data_cls = _stage_class(config, "model"), _stage_class(config, "data")
+    if model_cls is None or model_cls.predict_step is L.LightningModule.predict_step:
+        return "its model ranks no items"
+    if mode == "reasoning" and (data_cls is None or "eval_mode" not in inspect.signature(data_cls).parameters):
+        return "it has no reasoning mode (a curriculum stage has)"
+    return None
+
+
 def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> dict[str, Path]:
     """``predict`` with every finished stage's best checkpoint that can rank items: the stage's test users,
     ranked raw item ids per user (``reasoning`` mode: and the text each wrote) in
@@ -681,13 +723,7 @@ def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> d
     out = {}
     for stage, record in finished_stages(run, only, "predict"):
         config_path = run.stage_dir(stage) / "config.yaml"
-        config = yaml.safe_load(config_path.read_text())
-        model_cls, data_cls = _stage_class(config, "model"), _stage_class(config, "data")
-        skip = None
-        if model_cls is None or model_cls.predict_step is L.LightningModule.predict_step:
-            skip = "its model ranks no items"
-        elif mode == "reasoning" and (data_cls is None or "eval_mode" not in inspect.signature(data_cls).parameters):
-            skip = "it has no reasoning mode (a curriculum stage has)"
+        skip = _cannot_rank(yaml.safe_load(config_path.read_text()), mode)
         if skip:
             if only is not None:
                 raise PipelineError(f"stage {stage!r} cannot predict: {skip}")
@@ -734,9 +770,15 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.sasrec.trainer.max_epochs=2"
     )
-    if command == "predict":
+    if command in ("predict", "test", "validate"):
         p.add_argument(
             "--mode", default="direct", choices=PREDICT_MODES, help="reasoning: think, then answer (curriculum stages)"
+        )
+    if command in ("test", "validate"):
+        p.add_argument(
+            "--max_eval_users",
+            type=int,
+            help="a fixed random sample of this many users (with --mode reasoning: the slow mode on a CPU)",
         )
     return p
 
@@ -811,7 +853,7 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
             return 0
         if command not in ("validate", "test"):
             raise PipelineError(f"'{command}' on a run directory is not supported; use validate, test or predict")
-        results = evaluate_run(command, run, args.stage)
+        results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
     else:
         exp = load_experiment(args.config, _parse_set(args.set), args.seed)
         run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
@@ -821,11 +863,13 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
         if command == "fit":
             results = run_experiment(exp, run.root, args.stage)
         elif command in ("validate", "test"):
-            results = evaluate_run(command, run, args.stage)
+            results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
         else:
             raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
     if command != "validate" and results:  # each stage printed its own table as it ran
-        rows = [(stage, metrics, _tested_users(run.stage_dir(stage))) for stage, metrics in results.items()]
+        mode, cap = getattr(args, "mode", "direct"), getattr(args, "max_eval_users", None)
+        folders = {stage: eval_dir(run.stage_dir(stage), mode, cap) for stage in results}
+        rows = [(stage, metrics, _tested_users(folders[stage])) for stage, metrics in results.items()]
         rank_zero_only(print)(
             f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True
         )
