@@ -49,6 +49,17 @@ class Rollout:
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
+    def to(self, device: torch.device | str) -> Rollout:
+        """The same rollout with its tensors on ``device``."""
+        return Rollout(
+            self.prompt_ids.to(device),
+            self.prompt_mask.to(device),
+            self.response_ids.to(device),
+            self.response_mask.to(device),
+            self.texts,
+            self.group_size,
+        )
+
     def select(self, rows: torch.Tensor) -> Rollout:
         """The rollout restricted to ``rows`` (whole groups, so ``group_size`` still holds)."""
         idx = rows.tolist()

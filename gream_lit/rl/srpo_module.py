@@ -10,8 +10,13 @@ loss plus ``kl_coef`` x low-variance KL, aggregated as a token mean over the min
 
 Differences from verl: when ``max_gen_batches`` is reached with fewer than ``update_groups`` kept
 groups, the update uses what was kept (verl stops with an error); the warm-up counts updates, as
-verl's scheduler does. Single process only: under DDP, ranks could keep different numbers of groups
-and run different numbers of optimizer steps.
+verl's scheduler does.
+
+Across processes (DDP or any strategy that keeps whole replicas; ``rl/distributed.py``), every rank
+samples rollouts for its own prompts and keeps its own groups; the update decision uses the kept
+groups of all ranks, the kept groups are gathered in the order one process would have kept them, and
+each optimizer step's rows are split over the ranks, with gradients summed so the step is the token
+mean of the whole mini-batch. All ranks therefore step together and stay identical.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
@@ -38,6 +44,7 @@ from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
 from gream_lit.rl.advantages import get_advantage
+from gream_lit.rl.distributed import Ranks
 from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
@@ -65,6 +72,7 @@ class _Kept:
     rollouts: list[Rollout] = field(default_factory=list)
     rewards: list[torch.Tensor] = field(default_factory=list)
     exact: list[torch.Tensor] = field(default_factory=list)
+    batch_of: list[int] = field(default_factory=list)  # the generation batch each entry was kept from
     gen_batches: int = 0
 
     @property
@@ -191,7 +199,13 @@ class SRPOModule(L.LightningModule):
 
     # ---- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
+        strategy = self.trainer.strategy
+        if stage == "fit" and self.trainer.world_size > 1 and not isinstance(strategy, DDPStrategy):
+            raise ValueError(
+                f"SRPO across processes sums whole-model gradients itself and needs a strategy that keeps whole "
+                f"replicas (ddp, ddp_spawn); got {type(strategy).__name__}"
+            )
+        avoid_cudnn_attention(strategy.root_device, self.hparams.avoid_cudnn_attention)
 
     def configure_model(self) -> None:
         """Load the policy once the data module (and so the index) is known."""
@@ -271,7 +285,7 @@ class SRPOModule(L.LightningModule):
         for level in range(1, len(PREFIX_CREDIT) + 1):
             share = sum((not r.exact) and min(r.matched_levels, len(PREFIX_CREDIT)) == level for r in results) / n
             stats[f"partial@{level}"] = share
-        self.log_dict({f"rl/train/{k}": float(v) for k, v in stats.items()}, on_step=True, batch_size=n)
+        self.log_dict({f"rl/train/{k}": float(v) for k, v in stats.items()}, on_step=True, batch_size=n, sync_dist=True)
 
     def _log_samples(self, messages: list, rollout: Rollout, results: list[RewardResult], targets: list[str]) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -312,24 +326,62 @@ class SRPOModule(L.LightningModule):
             kept.rollouts.append(rollout.select(rows.to(rollout.response_ids.device)))
             kept.rewards.append(torch.tensor([results[i].reward for i in rows.tolist()]))
             kept.exact.append(torch.tensor([results[i].hit for i in rows.tolist()]))
-        if kept.groups < hp.update_groups and kept.gen_batches < hp.max_gen_batches:
+            kept.batch_of.append(kept.gen_batches)
+        ranks = Ranks.of(self)
+        groups = ranks.sum(kept.groups)  # every rank takes the same decision
+        if groups < hp.update_groups and kept.gen_batches < hp.max_gen_batches:
             return
         self._kept = _Kept()
-        if kept.groups == 0:
+        if groups == 0:
             self.log("rl/train/skipped_updates", 1.0, on_step=True, batch_size=1)
             log.info("generation batch %d: no group with varying match; update skipped", self._gen_batch)
             return
-        self.update(kept)
+        self.update(self._gathered(kept, ranks))
 
-    def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
+    def _gathered(self, kept: _Kept, ranks: Ranks) -> _Kept:
+        """Every rank's kept groups, in the order one process with all the prompts would have kept them:
+        by generation batch, then by rank (each rank holds a contiguous slice of every batch)."""
+        if ranks.world == 1:
+            return kept
+        entries = ranks.all_gather_objects(
+            [(b, r.to("cpu"), w, e) for b, r, w, e in zip(kept.batch_of, kept.rollouts, kept.rewards, kept.exact)]
+        )
+        merged = sorted(
+            ((b, rank, r, w, e) for rank, part in enumerate(entries) for b, r, w, e in part), key=lambda x: x[:2]
+        )
+        device = kept.rollouts[0].response_ids.device if kept.rollouts else self.device
+        return _Kept(
+            rollouts=[r.to(device) for *_, r, _, _ in merged],
+            rewards=[w for *_, w, _ in merged],
+            exact=[e for *_, e in merged],
+            batch_of=[b for b, *_ in merged],
+            gen_batches=kept.gen_batches,
+        )
+
+    @property
+    def _temperature(self) -> float:
+        return self.sampling["train"].temperature
+
+    @staticmethod
+    def _on_rows(rows: torch.Tensor, values: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """``values`` of ``rows`` placed in a ``[len(rollout), R]`` tensor (zeros elsewhere)."""
+        if len(rows) == len(rollout) and torch.equal(rows, torch.arange(len(rollout), device=rows.device)):
+            return values
+        out = values.new_zeros((len(rollout), values.shape[1]))
+        out[rows] = values
+        return out
+
+    def _reference_logprobs(self, rollout: Rollout, rows: torch.Tensor) -> torch.Tensor | None:
         hp = self.hparams
         if hp.kl_coef == 0:
             return None
         with torch.no_grad():
             if self._ref is not None:
-                return self.engine.logprobs(self._ref.model, rollout, temperature=self.sampling["train"].temperature)
-            with self.policy.disable_adapter():
-                return self.engine.logprobs(self.policy, rollout, temperature=self.sampling["train"].temperature)
+                values = self.engine.logprobs(self._ref.model, rollout, rows, self._temperature)
+            else:
+                with self.policy.disable_adapter():
+                    values = self.engine.logprobs(self.policy, rollout, rows, self._temperature)
+        return self._on_rows(rows, values, rollout)
 
     def update(self, kept: _Kept) -> None:
         """PPO mini-batch steps on (at most) the first ``update_groups`` kept groups."""
@@ -341,10 +393,16 @@ class SRPOModule(L.LightningModule):
         rows = torch.arange(n_rows, device=rollout.response_ids.device)
         rollout, rewards, exact = rollout.select(rows), rewards[:n_rows], exact[:n_rows]
         adv = self._advantage(rewards, g, exact=exact, pass_k=hp.pass_k).to(self.device, torch.float32)
+        ranks = Ranks.of(self)
+        mini_batches = [
+            ranks.share(torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device))
+            for start in range(0, n_rows // g, hp.mini_batch_groups)
+        ]
+        own = torch.cat(mini_batches)  # this rank's rows of every mini-batch (all rows in one process)
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         with torch.no_grad():
-            old = self.engine.logprobs(self.policy, rollout, temperature=self.sampling["train"].temperature)
-        ref = self._reference_logprobs(rollout)
+            old = self._on_rows(own, self.engine.logprobs(self.policy, rollout, own, self._temperature), rollout)
+        ref = self._reference_logprobs(rollout, own)
         mask = rollout.response_mask.bool()
         finite = torch.where(mask, torch.isfinite(old), True).all(1)
         if ref is not None:
@@ -358,9 +416,9 @@ class SRPOModule(L.LightningModule):
         step_stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
         skipped = 0
         for _ in range(hp.ppo_epochs):
-            for start in range(0, n_rows // g, hp.mini_batch_groups):
+            for start, mine in zip(range(0, n_rows // g, hp.mini_batch_groups), mini_batches):
                 mb = torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device)
-                result = self._optimizer_step(rollout, mb, old, ref, adv, mask)
+                result = self._optimizer_step(rollout, mb, mine, old, ref, adv, mask, ranks)
                 if result is None:
                     skipped += 1
                     continue
@@ -377,42 +435,52 @@ class SRPOModule(L.LightningModule):
         self,
         rollout: Rollout,
         rows: torch.Tensor,
+        mine: torch.Tensor,
         old: torch.Tensor,
         ref: torch.Tensor | None,
         adv: torch.Tensor,
         mask: torch.Tensor,
+        ranks: Ranks,
     ) -> dict[str, float] | None:
-        """One optimizer step on ``rows``; micro-batches accumulate an exact token mean. ``None`` = skipped."""
+        """One optimizer step on the mini-batch ``rows``, of which this rank computes ``mine``; micro-batches
+        accumulate an exact token mean over all of ``rows``, summed over ranks. ``None`` = skipped (on
+        every rank alike)."""
         hp = self.hparams
         opt = self.optimizers()
         opt.zero_grad()
         total_tokens = mask[rows].sum().clamp(min=1).float()
-        pg_sum = kl_sum = clip_sum = 0.0
-        for start in range(0, len(rows), hp.forward_batch_size):
-            r = rows[start : start + hp.forward_batch_size]
-            m = mask[r]
-            tokens = m.sum().float()
-            if tokens == 0:
-                continue
-            logp = self.engine.logprobs(self.policy, rollout, r, temperature=self.sampling["train"].temperature)
-            logp = torch.where(m, logp, 0.0)
-            pg, clip = policy_loss(logp, old[r], adv[r], m, hp.clip_low, hp.clip_high, hp.dual_clip_c)
-            kl = masked_mean(low_var_kl(logp, ref[r]), m) if ref is not None else torch.zeros((), device=logp.device)
-            loss = (pg + hp.kl_coef * kl) * (tokens / total_tokens)
-            if not torch.isfinite(loss):
-                opt.zero_grad()
-                return None
-            self.manual_backward(loss)
-            weight = (tokens / total_tokens).item()
-            pg_sum += pg.item() * weight
-            kl_sum += kl.item() * weight
-            clip_sum += clip.item() * weight
+        sums = torch.zeros(4, dtype=torch.float64)  # pg, kl, clip fraction, non-finite losses
+        with ranks.no_grad_sync():
+            for start in range(0, len(mine), hp.forward_batch_size):
+                r = mine[start : start + hp.forward_batch_size]
+                m = mask[r]
+                tokens = m.sum().float()
+                if tokens == 0:
+                    continue
+                logp = torch.where(m, self.engine.logprobs(self.policy, rollout, r, self._temperature), 0.0)
+                pg, clip = policy_loss(logp, old[r], adv[r], m, hp.clip_low, hp.clip_high, hp.dual_clip_c)
+                kl = (
+                    masked_mean(low_var_kl(logp, ref[r]), m) if ref is not None else torch.zeros((), device=logp.device)
+                )
+                loss = (pg + hp.kl_coef * kl) * (tokens / total_tokens)
+                if not torch.isfinite(loss):
+                    sums[3] += 1
+                    break
+                self.manual_backward(loss)
+                weight = (tokens / total_tokens).item()
+                sums[:3] += torch.tensor([pg.item(), kl.item(), clip.item()]) * weight
+        sums = ranks.sum_tensor(sums)
+        if sums[3] > 0:
+            opt.zero_grad()
+            return None
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        ranks.sum_grads(params)
         norm = torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         if not torch.isfinite(norm):
             opt.zero_grad()
             return None
         opt.step()
+        pg_sum, kl_sum, clip_sum = sums[:3].tolist()
         return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
 
     # ---- evaluation -----------------------------------------------------------------------------
