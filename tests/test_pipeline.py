@@ -17,8 +17,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.experiment.cli import entry, main
 from gream_lit.experiment.composition import PipelineError, is_pipeline_file, resolve_includes, set_dotted
+from gream_lit.experiment.pipeline import CHECKPOINT_CLASS as CHECKPOINT
 from gream_lit.experiment.pipeline import load_experiment, resume_checkpoint, run_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ class TinyData(L.LightningDataModule):
         self.batch_size = batch_size
 
     def train_dataloader(self):
-        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True)
+        return ResumableDataLoader(self.data, batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self):
         return DataLoader(self.data, batch_size=self.batch_size)
@@ -54,6 +56,7 @@ class TinyRegressor(L.LightningModule):
         step_sleep: float = 0.0,
         log_prefix: str = "tiny",
         dropout: float = 0.0,
+        die_at_step: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -70,6 +73,10 @@ class TinyRegressor(L.LightningModule):
             f.write(f"{self.current_epoch}\n")
 
     def training_step(self, batch, batch_idx):
+        died = Path(self.trainer.default_root_dir) / "died"
+        if self.global_step == self.hparams.die_at_step and not died.exists():
+            died.touch()  # SIGKILL once, in the middle of an epoch; the rerun goes past this step
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(self.hparams.step_sleep)
         x, y = batch
         x = torch.nn.functional.dropout(x, self.hparams.dropout)  # draws from torch's stream, as LoRA dropout does
@@ -89,7 +96,16 @@ class TinyRegressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
-def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0, dropout: float = 0.0) -> Path:
+def tiny_experiment(
+    tmp_path: Path,
+    max_epochs: int = 2,
+    step_sleep: float = 0.0,
+    dropout: float = 0.0,
+    name: str = "tiny",
+    **second: object,
+) -> Path:
+    """Two TinyRegressor stages; ``second`` adds keys to the second stage (``trainer``, ``data``, model
+    ``init_args`` under ``model_args``)."""
     trainer = {
         "include": str(REPO / "configs/trainer/cpu.yaml"),
         "max_epochs": max_epochs,
@@ -117,12 +133,14 @@ def tiny_experiment(tmp_path: Path, max_epochs: int = 2, step_sleep: float = 0.0
                         "log_prefix": "second",
                         "step_sleep": step_sleep,
                         "dropout": dropout,
+                        **second.pop("model_args", {}),
                     },
                 },
+                **second,
             },
         },
     }
-    path = tmp_path / "tiny.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path
 
@@ -320,6 +338,35 @@ def test_a_run_killed_mid_stage_and_rerun_ends_bit_identical_to_an_uninterrupted
         return metrics, torch.load(run / "second" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
 
     (m_whole, w_whole), (m_killed, w_killed) = final(whole), final(killed)
+    assert m_killed == m_whole
+    assert all(torch.equal(w_killed[k], w_whole[k]) for k in w_whole)
+
+
+def test_a_run_killed_in_the_middle_of_an_epoch_resumes_on_the_next_batch(tmp_path):
+    """A checkpoint after every step, a SIGKILL at step 21 (epoch 1, batch 5 of 16): the loader's state in
+    the checkpoint (ResumableDataLoader) redraws the epoch's order and skips the 5 batches already trained,
+    so the resumed run ends bit-identical to the uninterrupted one."""
+    every_step = {"callbacks": [{"class_path": CHECKPOINT, "init_args": {"every_n_train_steps": 1}}]}
+    settings = dict(max_epochs=3, dropout=0.3, trainer=every_step, data={"init_args": {"batch_size": 2}})
+    whole = tiny_experiment(tmp_path, name="whole", **settings)
+    killed = tiny_experiment(tmp_path, name="killed", model_args={"die_at_step": 21}, **settings)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+
+    def fit(config: Path, run: Path) -> int:
+        cmd = [sys.executable, "-m", "gream_lit", "fit", "--config", str(config), "--run_dir", str(run)]
+        return subprocess.run(cmd, env=env, capture_output=True).returncode
+
+    assert fit(whole, tmp_path / "whole") == 0
+    assert fit(killed, tmp_path / "killed") == -signal.SIGKILL
+    last = tmp_path / "killed" / "second" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 21  # saved after batch 5 of epoch 1
+    assert fit(killed, tmp_path / "killed") == 0
+
+    def final(run: Path) -> tuple[dict, dict]:
+        metrics = json.loads((run / "second" / "metrics.json").read_text())
+        return metrics, torch.load(run / "second" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    (m_whole, w_whole), (m_killed, w_killed) = final(tmp_path / "whole"), final(tmp_path / "killed")
     assert m_killed == m_whole
     assert all(torch.equal(w_killed[k], w_whole[k]) for k in w_whole)
 

@@ -55,7 +55,7 @@ def test_direct_prompts_carry_the_sft_system_turn_and_batches_are_lists(data_dir
     bare = make_dm(data_dir, mode="direct", system_prompt="")  # GREAM's bare instruction
     assert [m["role"] for m in bare.train_set[0]["messages"]] == ["user"]
     batch = next(iter(dm.test_dataloader()))
-    assert set(batch) == {"messages", "target", "item", "user"} and len(batch["target"]) == 2
+    assert set(batch) == {"messages", "target", "item", "user", "history"} and len(batch["target"]) == 2
 
 
 def test_rl_data_errors_name_the_problem(data_dir: Path) -> None:

@@ -22,6 +22,7 @@ from gream_lit.data import compact_format as compact
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt, prompt_ids
 from gream_lit.data.padding import pad
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.samplers import BatchesDistributedSampler
 from gream_lit.data.semantic_index import SemanticIndex, check_handoff_index
 from gream_lit.data.split import Sample, train_sequences
@@ -353,8 +354,8 @@ class AlignmentDataModule(CatalogDataModule):
             buckets = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed)
             # Whole buckets dealt to ranks: a bare batch_sampler cannot run under DDP.
             sampler = BatchesDistributedSampler(buckets, self.batch_size)
-            return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, **common)
-        return DataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, **common)
+            return ResumableDataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, **common)
+        return ResumableDataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, **common)
 
     def _eval_loader(self, split: str) -> DataLoader:
         return self.eval_loader(self.eval_data[split], collate_fn=self._collate_eval)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, StackDataset
 
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.split import Sample, train_sequences
 
 PAD = 0
@@ -74,7 +75,9 @@ class SeqRecDataModule(CatalogDataModule):
             self.test_set = eval_dataset(self.eval_samples("test"), self.max_history)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+        return ResumableDataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self.valid_set)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
 
@@ -137,7 +138,7 @@ class TigerDataModule(CatalogDataModule):
             self.test_set = self._dataset(self.eval_samples("test"))
 
     def _loader(self, dataset: TigerDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate
         )
 

@@ -21,6 +21,7 @@ from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samp
 from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
 from gream_lit.curriculum.teachers import build_teacher
 from gream_lit.data.direct_prompt import DirectPrompt
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT, TaskSample
 
@@ -199,7 +200,7 @@ class CurriculumDataModule(AlignmentDataModule):
     def train_dataloader(self) -> DataLoader:
         """The stream in curriculum order: no shuffle, no length bucketing."""
         sampler = SequentialDistributedSampler(self.train_data, self.batch_size)
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_data,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.indexing.build import finalize_index
 from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate
 from gream_lit.indexing.embed import DEFAULT_ENCODER, build_encoder, embed_items, load_embeddings
@@ -70,7 +71,7 @@ class ItemEmbeddingDataModule(CatalogDataModule):
 
     def _loader(self, shuffle: bool, batch_size: int) -> DataLoader:
         data = TensorDataset(self.embeddings, torch.arange(len(self.embeddings)))
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        return ResumableDataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(True, self.batch_size)

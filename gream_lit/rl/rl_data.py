@@ -23,6 +23,7 @@ from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import DirectPrompt
+from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
 from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE, SEQREC
@@ -187,7 +188,7 @@ class RLDataModule(CatalogDataModule):
             self.test_set = by_length(self.prompts(self.eval_samples("test"), None))
 
     def _loader(self, rows: list[dict], batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(
             rows, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, collate_fn=collate_prompts
         )
 
