@@ -480,3 +480,18 @@ def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit
 def test_a_misspelt_set_override_is_an_error(tmp_path):
     with pytest.raises(PipelineError, match=r"unknown key 'stage' \(did you mean 'stages'\?\)"):
         load_experiment(tiny_experiment(tmp_path), {"stage.first.trainer.max_epochs": 1})
+
+
+def test_an_experiments_mmap_threshold_applies_unless_the_variable_is_set(tmp_path, monkeypatch):
+    from gream_lit.experiment import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "fix_mmap_threshold", lambda value: calls.append(value) or True)
+    path = tiny_experiment(tmp_path, max_epochs=1)
+    exp = load_experiment(path, {"mmap_threshold": 262144, "stages.second": None})
+    monkeypatch.delenv("GREAM_MMAP_THRESHOLD", raising=False)
+    pipeline.run_experiment(exp, tmp_path / "a")
+    assert calls == [262144]
+    monkeypatch.setenv("GREAM_MMAP_THRESHOLD", "0")
+    pipeline.run_experiment(exp, tmp_path / "b")
+    assert calls == [262144]  # the user's variable wins

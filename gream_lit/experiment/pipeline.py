@@ -59,6 +59,8 @@ import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from gream_lit.experiment.allocator import ENV as ALLOCATOR_ENV
+from gream_lit.experiment.allocator import fix_mmap_threshold
 from gream_lit.experiment.composition import (
     REF,
     PipelineError,
@@ -80,7 +82,8 @@ from gream_lit.tables import format_stage_table
 log = logging.getLogger(__name__)
 
 PIPELINE_KEYS = ("artifacts",)
-EXPERIMENT_KEYS = ("name", "seed_everything", "backbone", "defaults", "stages", "sweep")  # sweep: read by `sweep`
+# sweep: read by `sweep`; mmap_threshold: glibc's, in bytes, for every stage (allocator.py)
+EXPERIMENT_KEYS = ("name", "seed_everything", "backbone", "defaults", "stages", "sweep", "mmap_threshold")
 # a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
 STAGE_KEYS = (
     "model",
@@ -620,6 +623,8 @@ def run_experiment(
     """Run every stage (or just ``only``) in order; returns each stage's metrics."""
     if only is not None and only not in exp["stages"]:
         raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
+    if exp.get("mmap_threshold") is not None and ALLOCATOR_ENV not in os.environ:  # the variable wins
+        fix_mmap_threshold(int(exp["mmap_threshold"]))
     with run_lock(Path(run_dir)):
         run = prepare_run(exp, run_dir)
         results = {}
