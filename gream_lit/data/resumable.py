@@ -29,24 +29,24 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         resume, self._resume = self._resume, None
-        now = torch.get_rng_state()
+        before = torch.get_rng_state() if resume is not None else None
+        return self._serve(super().__iter__(), resume, before)
+
+    def _serve(self, iterator: Iterator[Any], resume: dict[str, Any] | None, before: torch.Tensor | None):
+        """Runs from the first ``next``, where a plain DataLoader draws its epoch order: an uninterrupted run
+        draws exactly what it would without this class."""
         if resume is not None:
             torch.set_rng_state(resume["order_rng"])
         self._order_rng = torch.get_rng_state()
-        iterator = super().__iter__()
-        first = next(iterator, _END)  # the order is drawn here, from the state just recorded
-        skip = resume["served"] if resume is not None else 0
-        for _ in range(skip):
-            if first is _END:
-                break
-            first = next(iterator, _END)
+        batch = next(iterator, _END)  # the sampler draws the epoch order here
+        self._served = 0
         if resume is not None:
-            torch.set_rng_state(now)  # the checkpoint's random state, as the interrupted run had it here
-        self._served = skip
-        return self._serve(first, iterator)
-
-    def _serve(self, first: Any, iterator: Iterator[Any]) -> Iterator[Any]:
-        batch = first
+            for _ in range(resume["served"]):
+                if batch is _END:
+                    break
+                self._served += 1
+                batch = next(iterator, _END)
+            torch.set_rng_state(before)  # the checkpoint's random state, as the interrupted run had it
         while batch is not _END:
             self._served += 1
             yield batch
