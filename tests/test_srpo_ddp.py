@@ -137,3 +137,15 @@ def test_two_gloo_ranks_with_half_the_prompts_each_update_like_one_process(tmp_p
         assert torch.equal(a, b)  # the ranks stay identical
     for a, b in zip(one["params"], ranks[0]["params"]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_srpo_refuses_a_sharded_strategy_across_processes() -> None:
+    """Its gradient sum needs whole replicas: FSDP over several processes is an error before training."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = SRPOModule(backbone="tiny", tiny=TINY)
+    module._trainer = SimpleNamespace(world_size=2, strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="needs a strategy that keeps whole replicas .* got FSDPStrategy"):
+        module.setup("fit")
