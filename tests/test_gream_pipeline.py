@@ -308,7 +308,7 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
     rows = [json.loads(line) for line in (run / "curriculum" / "predictions_reasoning.jsonl").read_text().splitlines()]
     assert len(rows) == tested["curriculum"]
     assert all(set(r["items"]) <= set(catalogue) and r["reasoning"].startswith("<think>") for r in rows)
-    with pytest.raises(PipelineError, match="stage 'align' cannot predict: it has no reasoning mode"):
+    with pytest.raises(PipelineError, match="stage 'align' cannot predict in reasoning mode: it has no reasoning mode"):
         main(["predict", str(run), "--stage", "align", "--mode", "reasoning"])
 
     # a reasoning-mode test on a fixed sample of users lands beside the stage's own test, not over it

@@ -653,7 +653,14 @@ def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tup
         yield stage, record
 
 
-PREDICT_MODES = ("direct", "reasoning")
+RANKING_MODES = ("direct", "reasoning")
+
+
+def _mode_overrides(mode: str) -> list[str]:
+    """The command-line flags that make a stage's saved config evaluate in ``mode``."""
+    if mode not in RANKING_MODES:
+        raise PipelineError(f"--mode {mode!r}; expected one of {RANKING_MODES}")
+    return ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
 
 
 def eval_dir(stage_dir: Path, mode: str = "direct", max_eval_users: int | None = None) -> Path:
@@ -669,28 +676,19 @@ def evaluate_run(
     """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``.
 
     ``mode="reasoning"`` (stages trained to reason) or a ``max_eval_users`` cap evaluates differently from
-    the stage's own test, so its metrics, per-user results and resources go to ``<stage>/eval_<mode>[_<N>users]/``
-    and the stage's own files stay as the run wrote them."""
-    if mode not in PREDICT_MODES:
-        raise PipelineError(f"--mode {mode!r}; expected one of {PREDICT_MODES}")
+    the stage's own test, so only stages that rank items take part, and their metrics, per-user results and
+    resources go to ``<stage>/eval_<mode>[_<N>users]/``; the stage's own files stay as the run wrote them."""
+    overrides = _mode_overrides(mode)
     if max_eval_users is not None and max_eval_users < 1:
         raise PipelineError(f"--max_eval_users must be >= 1, got {max_eval_users}")
-    overrides = ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
     if max_eval_users is not None:
         overrides += ["--data.init_args.max_eval_users", str(max_eval_users)]
+    stages = ranking_stages(run, only, command, mode) if overrides else finished_stages(run, only, command)
     results = {}
-    for stage, record in finished_stages(run, only, command):
+    for stage, record in stages:
+        out_dir = eval_dir(run.stage_dir(stage), mode, max_eval_users)
+        out_dir.mkdir(exist_ok=True)
         config_path = run.stage_dir(stage) / "config.yaml"
-        out_dir = run.stage_dir(stage)
-        if overrides:
-            skip = _cannot_rank(yaml.safe_load(config_path.read_text()), mode)
-            if skip:
-                if only is not None:
-                    raise PipelineError(f"stage {stage!r} cannot {command} in {mode} mode: {skip}")
-                log.warning("stage %s: skipping %s, %s", stage, command, skip)
-                continue
-            out_dir = eval_dir(out_dir, mode, max_eval_users)
-            out_dir.mkdir(exist_ok=True)
         _, metrics = run_lightning(command, config_path, record["ckpt"] or None, overrides=overrides, out_dir=out_dir)
         (out_dir / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         results[stage] = metrics
@@ -719,23 +717,28 @@ def _cannot_rank(config: Mapping[str, Any], mode: str) -> str | None:
     return None
 
 
+def ranking_stages(run: RunDir, only: str | None, command: str, mode: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The finished stages that can rank items in ``mode``; any other is skipped with a warning, or an error
+    when it was asked for by name."""
+    for stage, record in finished_stages(run, only, command):
+        skip = _cannot_rank(yaml.safe_load((run.stage_dir(stage) / "config.yaml").read_text()), mode)
+        if skip is None:
+            yield stage, record
+        elif only is not None:
+            raise PipelineError(f"stage {stage!r} cannot {command} in {mode} mode: {skip}")
+        else:
+            log.warning("stage %s: skipping %s in %s mode, %s", stage, command, mode, skip)
+
+
 def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> dict[str, Path]:
     """``predict`` with every finished stage's best checkpoint that can rank items: the stage's test users,
     ranked raw item ids per user (``reasoning`` mode: and the text each wrote) in
     ``<stage>/predictions[_reasoning].jsonl``; returns those files by stage."""
-    if mode not in PREDICT_MODES:
-        raise PipelineError(f"--mode {mode!r}; expected one of {PREDICT_MODES}")
+    overrides = _mode_overrides(mode)
     out = {}
-    for stage, record in finished_stages(run, only, "predict"):
-        config_path = run.stage_dir(stage) / "config.yaml"
-        skip = _cannot_rank(yaml.safe_load(config_path.read_text()), mode)
-        if skip:
-            if only is not None:
-                raise PipelineError(f"stage {stage!r} cannot predict: {skip}")
-            log.warning("stage %s: skipping predict, %s", stage, skip)
-            continue
+    for stage, record in ranking_stages(run, only, "predict", mode):
         path = run.stage_dir(stage) / f"predictions{'_reasoning' if mode == 'reasoning' else ''}.jsonl"
-        overrides = ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
+        config_path = run.stage_dir(stage) / "config.yaml"
         run_lightning("predict", config_path, record["ckpt"] or None, [PredictionWriter(str(path))], overrides)
         out[stage] = path
     return out
@@ -777,7 +780,7 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
     )
     if command in ("predict", "test", "validate"):
         p.add_argument(
-            "--mode", default="direct", choices=PREDICT_MODES, help="reasoning: think, then answer (curriculum stages)"
+            "--mode", default="direct", choices=RANKING_MODES, help="reasoning: think, then answer (curriculum stages)"
         )
     if command in ("test", "validate"):
         p.add_argument(
