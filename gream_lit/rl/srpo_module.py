@@ -254,17 +254,17 @@ class SRPOModule(L.LightningModule):
     def score(self, texts: list[str], batch: dict, group_size: int) -> list[RewardResult]:
         """Reward of every response (``group_size`` per prompt of ``batch``), each against its prompt's
         context: target, history, user, and the data module's index and catalogue."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         contexts = [
             RewardContext(
                 target=target,
                 mode=self.hparams.mode,
                 direct_len=self._direct_len,
-                item=batch["item"][i] if "item" in batch else None,
-                user=batch["user"][i] if "user" in batch else None,
-                history=tuple(batch["history"][i]) if "history" in batch else (),
-                index=getattr(dm, "index", None),
-                catalog=getattr(dm, "catalog", None),
+                item=batch["item"][i],
+                user=batch["user"][i],
+                history=tuple(batch["history"][i]),
+                index=dm.index,
+                catalog=dm.catalog,
             )
             for i, target in enumerate(batch["target"])
         ]
@@ -365,8 +365,6 @@ class SRPOModule(L.LightningModule):
     @staticmethod
     def _on_rows(rows: torch.Tensor, values: torch.Tensor, rollout: Rollout) -> torch.Tensor:
         """``values`` of ``rows`` placed in a ``[len(rollout), R]`` tensor (zeros elsewhere)."""
-        if len(rows) == len(rollout) and torch.equal(rows, torch.arange(len(rollout), device=rows.device)):
-            return values
         out = values.new_zeros((len(rollout), values.shape[1]))
         out[rows] = values
         return out
@@ -395,10 +393,11 @@ class SRPOModule(L.LightningModule):
         adv = self._advantage(rewards, g, exact=exact, pass_k=hp.pass_k).to(self.device, torch.float32)
         ranks = Ranks.of(self)
         mini_batches = [
-            ranks.share(torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device))
+            torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device)
             for start in range(0, n_rows // g, hp.mini_batch_groups)
         ]
-        own = torch.cat(mini_batches)  # this rank's rows of every mini-batch (all rows in one process)
+        shares = [ranks.share(mb) for mb in mini_batches]
+        own = torch.cat(shares)  # this rank's rows of every mini-batch (all rows in one process)
         self.policy.eval()  # no dropout: old and new log-probs come from the same function
         with torch.no_grad():
             old = self._on_rows(own, self.engine.logprobs(self.policy, rollout, own, self._temperature), rollout)
@@ -416,8 +415,7 @@ class SRPOModule(L.LightningModule):
         step_stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
         skipped = 0
         for _ in range(hp.ppo_epochs):
-            for start, mine in zip(range(0, n_rows // g, hp.mini_batch_groups), mini_batches):
-                mb = torch.arange(start * g, min(n_rows, (start + hp.mini_batch_groups) * g), device=rows.device)
+            for mb, mine in zip(mini_batches, shares):
                 result = self._optimizer_step(rollout, mb, mine, old, ref, adv, mask, ranks)
                 if result is None:
                     skipped += 1
