@@ -292,6 +292,16 @@ def test_empty_generations_score_zero_and_are_counted(data_dir: Path, monkeypatc
     assert all(s["rl/train/response_length"] == 1.0 for s in steps)
 
 
+def fixed_rollout(module: SRPOModule, messages: list, responses: list[str], n: int, suffix: str = "") -> Rollout:
+    """A rollout that wrote ``responses`` (``n`` per prompt, prompt-major), each tokenized with ``suffix``
+    (e.g. the end-of-sequence token) after it."""
+    ids = module.tokenizer([r + suffix for r in responses], add_special_tokens=False, return_tensors="pt").input_ids
+    prompt, prompt_mask = module.engine.encode(messages, ids.device)
+    return Rollout(
+        prompt.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0), ids, torch.ones_like(ids), responses, n
+    )
+
+
 class FixedRollouts:
     """A generation engine that answers every prompt with the target's ID ``n`` times (a fixed source)."""
 
@@ -299,20 +309,9 @@ class FixedRollouts:
         self.prompts: list[int] = []
 
     def generate(self, model, messages, sampling):
-        module = self.module
         self.prompts.append(len(messages))
-        targets = [module.trainer.datamodule.index.item_string(0)] * len(messages)
-        ids = module.tokenizer(targets, add_special_tokens=False, return_tensors="pt").input_ids
-        rows = ids.repeat_interleave(sampling.n, dim=0)
-        prompt, prompt_mask = module.engine.encode(messages, rows.device)
-        return Rollout(
-            prompt.repeat_interleave(sampling.n, 0),
-            prompt_mask.repeat_interleave(sampling.n, 0),
-            rows,
-            torch.ones_like(rows),
-            [t for t in targets for _ in range(sampling.n)],
-            sampling.n,
-        )
+        item = self.module.trainer.datamodule.index.item_string(0)
+        return fixed_rollout(self.module, messages, [item] * (len(messages) * sampling.n), sampling.n)
 
 
 def test_rollouts_come_from_the_rollout_callbacks_engine(data_dir: Path) -> None:

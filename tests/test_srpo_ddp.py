@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 from test_ddp import DestroyGlooGroup
-from test_srpo import TINY, write_two_item_catalog
+from test_srpo import TINY, fixed_rollout, write_two_item_catalog
 from torch.utils.data import DataLoader
 
 from gream_lit.data.samplers import SequentialDistributedSampler
@@ -47,23 +47,9 @@ class PromptRollouts:
     so every group mixes hits and misses and the same prompt gets the same group in any process."""
 
     def generate(self, model, messages, sampling) -> Rollout:
-        module = self.module
-        texts = [
-            module.trainer.datamodule.index.item_string((j + len(str(m))) % 2)
-            for m in messages
-            for j in range(sampling.n)
-        ]
-        eos = module.tokenizer.eos_token
-        ids = module.tokenizer([t + eos for t in texts], add_special_tokens=False, return_tensors="pt").input_ids
-        prompt, prompt_mask = module.engine.encode(messages, ids.device)
-        return Rollout(
-            prompt.repeat_interleave(sampling.n, 0),
-            prompt_mask.repeat_interleave(sampling.n, 0),
-            ids,
-            torch.ones_like(ids),
-            texts,
-            sampling.n,
-        )
+        index = self.module.trainer.datamodule.index
+        texts = [index.item_string((j + len(str(m))) % 2) for m in messages for j in range(sampling.n)]
+        return fixed_rollout(self.module, messages, texts, sampling.n, suffix=self.module.tokenizer.eos_token)
 
 
 class Attach(L.Callback):
