@@ -51,26 +51,45 @@ def _equal(value: Any, default: Any) -> bool:
         return False
 
 
-def without_defaults(node: Any, defaults: Mapping[str, Any] | None = None) -> Any:
-    """``node`` with every ``init_args`` entry (and, given ``defaults``, every own key) that equals the
-    default of its class dropped, and of a mapping-valued default (a dataclass) every equal field."""
+def without_defaults(
+    node: Any, defaults: Mapping[str, Any] | None = None, dropped: list[tuple[str, Any]] | None = None, where: str = ""
+) -> Any:
+    """``node`` with every ``init_args`` entry (and every ``trainer`` argument) that equals the default of
+    its class dropped, and of a mapping-valued default (a dataclass) every equal field; ``dropped`` collects
+    the path and value of each."""
+
+    def drop(path: str, value: Any) -> None:
+        if dropped is not None:
+            dropped.append((path, value))
+
     if isinstance(node, list):
-        return [without_defaults(v) for v in node]
+        return [without_defaults(v, None, dropped, f"{where}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, Mapping):
         return node
     out = {}
     for key, value in node.items():
+        path = f"{where}.{key}"
         if defaults is not None and key in defaults and _equal(value, defaults[key]):
+            drop(path, value)
             continue
         if defaults is not None and isinstance(value, Mapping) and isinstance(defaults.get(key), Mapping):
-            value = {k: v for k, v in value.items() if not _equal(v, defaults[key].get(k, object()))}
+            kept = {}
+            for k, v in value.items():
+                if _equal(v, defaults[key].get(k, object())):
+                    drop(f"{path}.{k}", v)
+                else:
+                    kept[k] = v
+            if not kept:
+                continue
+            value = kept
+        if key in ("init_args", "trainer") and isinstance(value, Mapping):
+            own = _defaults(str(node.get("class_path", ""))) if key == "init_args" else TRAINER_DEFAULTS
+            value = without_defaults(value, own, dropped, path)
             if not value:
                 continue
-        if key == "init_args" and isinstance(value, Mapping):
-            value = without_defaults(value, _defaults(str(node.get("class_path", ""))))
-            if not value:
-                continue
-        out[key] = without_defaults(value)
+        else:
+            value = without_defaults(value, None, dropped, path)
+        out[key] = value
     return out
 
 
@@ -84,8 +103,6 @@ def _stage(config: Mapping[str, Any]) -> dict[str, Any]:
     if "tasks" in _defaults(str(data.get("class_path", ""))):  # the task table the data module builds
         tasks = parse_task_specs((data.get("init_args") or {}).get("tasks"))
         snap["data"].setdefault("init_args", {})["tasks"] = {name: vars(spec) for name, spec in tasks.items()}
-    if isinstance(config.get("trainer"), Mapping):
-        snap["trainer"] = without_defaults(config["trainer"], TRAINER_DEFAULTS)
     return snap
 
 

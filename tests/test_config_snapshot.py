@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import yaml
-from config_snapshot import TRAINER_DEFAULTS, _defaults, _equal, snapshot
+from config_snapshot import snapshot, without_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -51,32 +51,18 @@ def test_snapshot_drops_restated_defaults(tmp_path: Path) -> None:
     assert snapshot(restated, tmp_path / "a") == snapshot(base, tmp_path / "b")
 
 
-def _restated(node: object, where: str, defaults: dict | None = None) -> list[str]:
-    """Keys under ``init_args`` (or a ``trainer``) whose value equals the code's default (``null`` is how a
-    file resets an included value, so it is never counted)."""
-    if isinstance(node, list):
-        return [r for i, v in enumerate(node) for r in _restated(v, f"{where}[{i}]")]
-    if not isinstance(node, dict):
-        return []
-    found = [
-        f"{where}.{k}"
-        for k, v in node.items()
-        if defaults is not None and v is not None and k in defaults and _equal(v, defaults[k])
-    ]
-    for key, value in node.items():
-        if key == "init_args" and isinstance(value, dict):
-            found += _restated(value, f"{where}.init_args", _defaults(str(node.get("class_path", ""))))
-        elif key == "trainer" and isinstance(value, dict):
-            found += _restated(value, f"{where}.trainer", TRAINER_DEFAULTS)
-        else:
-            found += _restated(value, f"{where}.{key}")
-    return found
+def _restated(node: object) -> list[str]:
+    """Paths whose value equals the code's default (``null`` is how a file resets an included value, so it
+    is never counted)."""
+    dropped: list[tuple[str, object]] = []
+    without_defaults(node, dropped=dropped)
+    return [path for path, value in dropped if value is not None]
 
 
 def test_no_experiment_file_restates_a_code_default() -> None:
     restated = [
         f"{path.relative_to(ROOT)}:{key}"
         for path in [*FILES, *sorted((ROOT / "configs").rglob("*.yaml"))]
-        for key in _restated(yaml.safe_load(path.read_text()), "")
+        for key in _restated(yaml.safe_load(path.read_text()))
     ]
     assert not restated, f"values equal to the code default (drop them): {restated}"
