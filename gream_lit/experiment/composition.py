@@ -94,7 +94,7 @@ def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) ->
             raise PipelineError(f"{path}: an included file must hold a mapping, got {type(content).__name__}")
         merged = deep_merge(merged, resolve_includes(content, path.parent, (*chain, path)))
     own = {k: resolve_includes(v, base_dir, chain) for k, v in node.items()}
-    return deep_merge(merged, own)
+    return deep_merge(merged, own) if includes else own
 
 
 def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, Any]:
