@@ -167,5 +167,8 @@ def test_one_override_switches_the_backbone_of_every_stage(name: str, tmp_path: 
 def test_a_backbone_reference_without_a_backbone_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("stages:\n  a:\n    model: {init_args: {backbone: '${backbone}'}}\n")
-    with pytest.raises(PipelineError, match=r"says \$\{backbone\} but the experiment sets no top-level 'backbone'"):
+    with pytest.raises(
+        PipelineError,
+        match=r"x\.yaml: stages\.a\.model\.init_args\.backbone says \$\{backbone\}, but the file sets no top-level 'backbone'",
+    ):
         load_experiment(path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 REF = re.compile(r"\$\{([^}]*)\}")
 # references to the run directory, resolved when the stage starts (the rest resolve at load time)
@@ -104,9 +104,16 @@ def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, An
     (``${prev.artifacts.model|${backbone}}``)."""
     try:
         return OmegaConf.to_container(OmegaConf.create(_escape(config, _RUN_TIME_REF)), resolve=True)
+    except InterpolationKeyError as err:
+        missing = re.search(r"key '([^']+)'", err.msg)
+        name = missing.group(1) if missing else "?"
+        raise PipelineError(
+            f"{where}: {err.full_key} says ${{{name}}}, but the file sets no top-level {name!r}"
+        ) from err
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        raise PipelineError(f"{where}: {'at ' + key + ': ' if key else ''}{getattr(err, 'msg', err)}") from err
+        message = str(getattr(err, "msg", err)).splitlines()[0]
+        raise PipelineError(f"{where}: {'at ' + key + ': ' if key else ''}{message}") from err
 
 
 def compose_file(path: str | Path) -> Any:

@@ -118,8 +118,6 @@ def load_experiment(
     for key, value in (overrides or {}).items():
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
-    if "backbone" not in exp and "${backbone" in json.dumps(exp):
-        raise PipelineError(f"{path}: a stage says ${{backbone}} but the experiment sets no top-level 'backbone'")
     exp = resolve_static(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
