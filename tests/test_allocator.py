@@ -4,7 +4,8 @@ import platform
 
 import pytest
 
-from gream_lit.experiment.allocator import ENV, fix_mmap_threshold
+from gream_lit.experiment import allocator
+from gream_lit.experiment.allocator import ENV, apply_configured_threshold, fix_mmap_threshold
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
@@ -30,3 +31,13 @@ def test_a_malformed_value_names_the_variable(monkeypatch):
     monkeypatch.setenv(ENV, "4MB")
     with pytest.raises(ValueError, match=ENV):
         fix_mmap_threshold()
+
+
+def test_a_config_files_threshold_applies_unless_the_variable_is_set(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "fix_mmap_threshold", lambda threshold=None: calls.append(threshold) or True)
+    monkeypatch.delenv(ENV, raising=False)
+    assert apply_configured_threshold(262144) and calls == [262144]
+    assert not apply_configured_threshold(None)
+    monkeypatch.setenv(ENV, str(4 << 20))
+    assert not apply_configured_threshold(262144) and calls == [262144]

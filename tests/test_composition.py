@@ -99,15 +99,33 @@ def test_a_single_stage_config_with_includes_goes_to_lightning_cli_composed(tmp_
         f"include: {REPO / 'experiments' / 'mostpop_scientific.yaml'}\n"
         "trainer: {max_epochs: 3}\ndata: {init_args: {max_history: '${seed_everything}'}}\n",
     )
-    args = composed_config_args(["--config", str(path), "--trainer.max_epochs", "4"])
+    args, settings = composed_config_args(["--config", str(path), "--trainer.max_epochs", "4"])
+    assert settings == {}
     assert yaml.safe_load(args[1])["data"]["init_args"]["max_history"] == 42 and args[2:] == [
         "--trainer.max_epochs",
         "4",
     ]
     plain = str(write(tmp_path / "plain.yaml", "trainer: {max_epochs: 1}\n"))
-    assert composed_config_args([f"--config={plain}"]) == ["--config", plain]
+    assert composed_config_args([f"--config={plain}"]) == (["--config", plain], {})
+    tuned = str(write(tmp_path / "tuned.yaml", "mmap_threshold: 262144\ntrainer: {max_epochs: 1}\n"))
+    args, settings = composed_config_args(["--config", tuned])
+    assert settings == {"mmap_threshold": 262144} and yaml.safe_load(args[1]) == {"trainer": {"max_epochs": 1}}
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(path), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["max_epochs"] == 3 and printed["data"]["init_args"]["max_history"] == 42
     assert json.dumps(printed).count("amazon18_scientific") == 1
+
+
+def test_a_single_stage_config_sets_the_mmap_threshold_for_its_run(tmp_path, monkeypatch, capsys) -> None:
+    import gream_lit.experiment.cli as cli
+
+    applied = []
+    monkeypatch.setattr(cli, "apply_configured_threshold", applied.append)
+    config = write(
+        tmp_path / "tuned.yaml",
+        f"include: {REPO / 'experiments' / 'mostpop_scientific.yaml'}\nmmap_threshold: 262144\n",
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    assert applied == [262144] and "mmap_threshold" not in capsys.readouterr().out

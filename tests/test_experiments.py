@@ -40,7 +40,7 @@ def print_config_exit_code(*config_paths: Path) -> int:
     """LightningCLI parses the files completely without instantiating anything (``--print_config``);
     0 when class paths import and every init argument matches its signature."""
     configs = [arg for path in config_paths for arg in ("--config", str(path))]
-    args = ["fit", *composed_config_args(configs), "--print_config"]
+    args = ["fit", *composed_config_args(configs)[0], "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
         GreamCLI(args=args)
     return exit_info.value.code or 0

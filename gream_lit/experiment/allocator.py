@@ -47,3 +47,11 @@ def fix_mmap_threshold(threshold: int | None = None) -> bool:
         )
         return False
     return True
+
+
+def apply_configured_threshold(threshold: int | None) -> bool:
+    """Apply a config file's ``mmap_threshold`` (bytes) unless ``GREAM_MMAP_THRESHOLD`` is set: the
+    variable wins, so one run can be measured both ways without editing the file."""
+    if threshold is None or ENV in os.environ:
+        return False
+    return fix_mmap_threshold(int(threshold))

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from gream_lit.data.catalog import DataError
-from gream_lit.experiment.allocator import fix_mmap_threshold
+from gream_lit.experiment.allocator import apply_configured_threshold, fix_mmap_threshold
 from gream_lit.experiment.composition import composed_config_args
 from gream_lit.experiment.console import quiet_third_party
 from gream_lit.experiment.lightning_cli import GreamCLI
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         code = maybe_run_pipeline(command, rest)
         if code is not None:
             return code
+        args, settings = composed_config_args(rest)
+        apply_configured_threshold(settings.get("mmap_threshold"))
         GreamCLI(
-            args=[command, *composed_config_args(rest)],
+            args=[command, *args],
             save_config_kwargs={"overwrite": True},
         )
         return 0

@@ -116,6 +116,10 @@ def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, An
         raise PipelineError(f"{where}: {'at ' + key + ': ' if key else ''}{message}") from err
 
 
+# top-level keys of a single-stage config that our CLI applies itself (an experiment file may set them too)
+RUN_SETTINGS = ("mmap_threshold",)
+
+
 def compose_file(path: str | Path) -> Any:
     """A config file with its includes merged in and its load-time interpolations resolved (any file:
     an experiment or a single-stage LightningCLI config)."""
@@ -125,11 +129,14 @@ def compose_file(path: str | Path) -> Any:
 
 
 def needs_composing(path: str | Path) -> bool:
-    """True for a YAML file that uses ``include:`` or ``${...}``, which LightningCLI alone would not read."""
+    """True for a YAML file that uses ``include:``, ``${...}`` or a top-level run setting, which
+    LightningCLI alone would not read."""
     path = Path(path)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return False
     text = path.read_text()
+    if re.search(rf"^({'|'.join(RUN_SETTINGS)})\s*:", text, re.MULTILINE):
+        return True
     return "${" in text or re.search(r"^\s*include\s*:|[{,]\s*include\s*:", text, re.MULTILINE) is not None
 
 
@@ -159,10 +166,12 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
 CONFIG_FLAGS = ("--config", "-c")
 
 
-def composed_config_args(argv: list[str]) -> list[str]:
-    """LightningCLI arguments with each ``--config FILE`` that uses ``include:`` or ``${...}`` replaced by
-    the composed config (jsonargparse reads a YAML string where it expects a file); others unchanged."""
-    out, i = [], 0
+def composed_config_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """LightningCLI arguments with each ``--config FILE`` that uses ``include:``, ``${...}`` or a run
+    setting (``RUN_SETTINGS``) replaced by the composed config (jsonargparse reads a YAML string where
+    it expects a file); others unchanged. Run settings are taken out, since LightningCLI knows no such
+    key, and returned for the caller to apply (the last file that sets one wins)."""
+    out, settings, i = [], {}, 0
     while i < len(argv):
         arg = argv[i]
         flag, sep, value = arg.partition("=")
@@ -173,6 +182,8 @@ def composed_config_args(argv: list[str]) -> list[str]:
             i += 1
             continue
         content = compose_file(value) if needs_composing(value) else None
+        if isinstance(content, Mapping):
+            settings.update({key: content.pop(key) for key in RUN_SETTINGS if key in content})
         out += [flag, value if content is None else yaml.safe_dump(content, sort_keys=False)]
         i += 1
-    return out
+    return out, settings

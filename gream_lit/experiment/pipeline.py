@@ -59,8 +59,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from gream_lit.experiment.allocator import ENV as ALLOCATOR_ENV
-from gream_lit.experiment.allocator import fix_mmap_threshold
+from gream_lit.experiment.allocator import apply_configured_threshold
 from gream_lit.experiment.composition import (
     REF,
     PipelineError,
@@ -621,8 +620,7 @@ def run_experiment(
     """Run every stage (or just ``only``) in order; returns each stage's metrics."""
     if only is not None and only not in exp["stages"]:
         raise PipelineError(f"--stage {only!r} is not in this experiment; stages: {list(exp['stages'])}")
-    if exp.get("mmap_threshold") is not None and ALLOCATOR_ENV not in os.environ:  # the variable wins
-        fix_mmap_threshold(int(exp["mmap_threshold"]))
+    apply_configured_threshold(exp.get("mmap_threshold"))
     with run_lock(Path(run_dir)):
         run = prepare_run(exp, run_dir)
         results = {}
