@@ -110,6 +110,9 @@ def test_a_single_stage_config_with_includes_goes_to_lightning_cli_composed(tmp_
     tuned = str(write(tmp_path / "tuned.yaml", "mmap_threshold: 262144\ntrainer: {max_epochs: 1}\n"))
     args, settings = composed_config_args(["--config", tuned])
     assert settings == {"mmap_threshold": 262144} and yaml.safe_load(args[1]) == {"trainer": {"max_epochs": 1}}
+    malformed = str(write(tmp_path / "malformed.yaml", "mmap_threshold: 4MB\n"))
+    with pytest.raises(PipelineError, match=r"malformed.yaml: mmap_threshold: expected a byte count, got '4MB'"):
+        composed_config_args(["--config", malformed])
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(path), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)

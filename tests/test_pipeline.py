@@ -483,10 +483,10 @@ def test_a_misspelt_set_override_is_an_error(tmp_path):
 
 
 def test_an_experiments_mmap_threshold_applies_unless_the_variable_is_set(tmp_path, monkeypatch):
-    from gream_lit.experiment import pipeline
+    from gream_lit.experiment import allocator, pipeline
 
     calls = []
-    monkeypatch.setattr(pipeline, "fix_mmap_threshold", lambda value: calls.append(value) or True)
+    monkeypatch.setattr(allocator, "fix_mmap_threshold", lambda value: calls.append(value) or True)
     path = tiny_experiment(tmp_path, max_epochs=1)
     exp = load_experiment(path, {"mmap_threshold": 262144, "stages.second": None})
     monkeypatch.delenv("GREAM_MMAP_THRESHOLD", raising=False)

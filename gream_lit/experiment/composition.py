@@ -183,7 +183,11 @@ def composed_config_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             continue
         content = compose_file(value) if needs_composing(value) else None
         if isinstance(content, Mapping):
-            settings.update({key: content.pop(key) for key in RUN_SETTINGS if key in content})
+            for key in RUN_SETTINGS:
+                if key in content:
+                    settings[key] = content.pop(key)
+                    if type(settings[key]) is not int:
+                        raise PipelineError(f"{value}: {key}: expected a byte count, got {settings[key]!r}")
         out += [flag, value if content is None else yaml.safe_dump(content, sort_keys=False)]
         i += 1
     return out, settings
