@@ -495,3 +495,5 @@ def test_an_experiments_mmap_threshold_applies_unless_the_variable_is_set(tmp_pa
     monkeypatch.setenv("GREAM_MMAP_THRESHOLD", "0")
     pipeline.run_experiment(exp, tmp_path / "b")
     assert calls == [262144]  # the user's variable wins
+    with pytest.raises(PipelineError, match=r"\.yaml: mmap_threshold: expected a byte count, got '4MB'"):
+        load_experiment(path, {"mmap_threshold": "4MB"})

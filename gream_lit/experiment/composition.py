@@ -120,6 +120,14 @@ def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, An
 RUN_SETTINGS = ("mmap_threshold",)
 
 
+def check_run_settings(config: Mapping[str, Any], where: str | Path) -> None:
+    """Fail at load time, naming the file, on a run setting that is not a byte count (``null`` = unset)."""
+    for key in RUN_SETTINGS:
+        value = config.get(key)
+        if value is not None and type(value) is not int:
+            raise PipelineError(f"{where}: {key}: expected a byte count, got {value!r}")
+
+
 def compose_file(path: str | Path) -> Any:
     """A config file with its includes merged in and its load-time interpolations resolved (any file:
     an experiment or a single-stage LightningCLI config)."""
@@ -183,11 +191,8 @@ def composed_config_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             continue
         content = compose_file(value) if needs_composing(value) else None
         if isinstance(content, Mapping):
-            for key in RUN_SETTINGS:
-                if key in content:
-                    settings[key] = content.pop(key)
-                    if type(settings[key]) is not int:
-                        raise PipelineError(f"{value}: {key}: expected a byte count, got {settings[key]!r}")
+            check_run_settings(content, value)
+            settings.update({key: content.pop(key) for key in RUN_SETTINGS if key in content})
         out += [flag, value if content is None else yaml.safe_dump(content, sort_keys=False)]
         i += 1
     return out, settings

@@ -63,6 +63,7 @@ from gream_lit.experiment.allocator import apply_configured_threshold
 from gream_lit.experiment.composition import (
     REF,
     PipelineError,
+    check_run_settings,
     deep_merge,
     is_pipeline_file,
     read_yaml,
@@ -118,6 +119,7 @@ def load_experiment(
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
     exp = resolve_static(exp, path)
+    check_run_settings(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
     for name, stage in exp["stages"].items():
