@@ -38,7 +38,9 @@ def recorded_root(config: dict[str, Any]) -> Path | None:
     trainer = config.get("trainer") or {}
     callbacks = trainer.get("callbacks") or []
     for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
-        args = cb.get("init_args") or {} if isinstance(cb, dict) else {}
+        if not isinstance(cb, dict):  # a bare class path: a callback without arguments names no folder
+            continue
+        args = cb.get("init_args") or {}
         if str(cb.get("class_path", "")).endswith("ModelCheckpoint") and args.get("dirpath"):
             return Path(args["dirpath"]).parents[1]
     loggers = trainer.get("logger")
