@@ -7,12 +7,15 @@ carry over at this size").
 """
 
 import argparse
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+
+import torch
 
 from gream_lit import load_recommender
+from gream_lit.data.padding import pad
 from gream_lit.data.readers import load_catalog
+from gream_lit.metrics import hit_rank, ndcg_at_k, recall_at_k
 
 PAIRS: dict[str, tuple[Callable[[list[int]], list[int]], Callable[[list[int]], int]]] = {
     "validation: seq[:-2] -> seq[-2]": (lambda s: s[:-2], lambda s: s[-2]),
@@ -20,12 +23,6 @@ PAIRS: dict[str, tuple[Callable[[list[int]], list[int]], Callable[[list[int]], i
     "validation prompt, test target: seq[:-2] -> seq[-1]": (lambda s: s[:-2], lambda s: s[-1]),
     "shorter prompt, validation target: seq[:-3] -> seq[-2]": (lambda s: s[:-3], lambda s: s[-2]),
 }
-
-
-def recall_ndcg(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> tuple[float, float]:
-    """Recall@10 and NDCG@10 of one target per ranked list."""
-    ranks = [r.index(t) for r, t in zip(ranked, targets) if t in r[:10]]
-    return len(ranks) / len(targets), sum(1 / math.log2(k + 2) for k in ranks) / len(targets)
 
 
 def main() -> None:
@@ -41,7 +38,10 @@ def main() -> None:
     for name, (history, target) in PAIRS.items():
         start = time.time()
         ranked = rec.recommend_many([[ids[i] for i in history(s)] for s in seqs], k=10, batch_size=50)
-        recall, ndcg = recall_ndcg(ranked, [ids[target(s)] for s in seqs])
+        rank = hit_rank(
+            pad([[rec.position[i] for i in r] for r in ranked], -1), torch.tensor([target(s) for s in seqs])
+        )
+        recall, ndcg = recall_at_k(rank, 10).mean().item(), ndcg_at_k(rank, 10).mean().item()
         print(f"{name}: {len(seqs)} users, Recall@10 {recall:.4f}, NDCG@10 {ndcg:.4f} ({time.time() - start:.0f} s)")
 
 
