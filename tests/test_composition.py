@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from config_snapshot import finish_all
 
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.composition import PipelineError, compose_file, composed_config_args, deep_merge
@@ -132,3 +133,62 @@ def test_a_single_stage_config_sets_the_mmap_threshold_for_its_run(tmp_path, mon
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), "--print_config"])
     assert applied == [262144] and "mmap_threshold" not in capsys.readouterr().out
+
+
+def test_stage_name_names_each_stage_that_includes_a_piece(tmp_path: Path) -> None:
+    """``${stage_name}`` is a run-time reference: it passes through loading as written and resolves to the
+    name of each stage that includes the piece."""
+    write(
+        tmp_path / "configs" / "stages" / "sft.yaml",
+        "model: {init_args: {stage: '${stage_name}'}}\n"
+        "trainer: {callbacks: [{class_path: M, init_args: {monitor: '${stage_name}/val/ndcg@10'}}]}\n",
+    )
+    path = write(
+        tmp_path / "experiments" / "e.yaml",
+        "stages:\n  align: {include: stages/sft.yaml}\n  curriculum: {include: stages/sft.yaml}\n",
+    )
+    exp = load_experiment(path)
+    assert exp["stages"]["align"]["model"]["init_args"]["stage"] == "${stage_name}"
+    run = RunDir(tmp_path / "run")
+    for stage in ("align", "curriculum"):
+        config = stage_config(exp, run, stage)
+        assert config["model"]["init_args"]["stage"] == stage
+        assert config["trainer"]["callbacks"][0]["init_args"]["monitor"] == f"{stage}/val/ndcg@10"
+
+
+def test_gream_full_stages_are_named_by_the_shared_sft_piece(tmp_path: Path) -> None:
+    exp = load_experiment(REPO / "experiments" / "gream_full.yaml")
+    run = RunDir(tmp_path / "run")
+    finish_all(exp, run)  # every stage recorded as finished, so the references to earlier stages resolve
+    for stage in ("align", "curriculum"):
+        config = stage_config(exp, run, stage)
+        assert config["model"]["init_args"]["stage"] == stage
+        (checkpoint,) = [cb for cb in config["trainer"]["callbacks"] if "ModelCheckpoint" in cb["class_path"]]
+        assert checkpoint["init_args"]["monitor"] == f"{stage}/val/ndcg@10"
+
+
+def test_a_stage_reference_in_a_single_stage_config_names_the_file_and_key(tmp_path: Path) -> None:
+    """A single-stage config has no stage or run directory: ``${stage_name}``, ``${stage_dir}`` or
+    ``${prev.…}`` in it (here through an included piece) fails at load time instead of reaching
+    LightningCLI as literal text."""
+    write(
+        tmp_path / "configs" / "piece.yaml", "trainer: {callbacks: [{init_args: {monitor: '${stage_name}/val/x'}}]}\n"
+    )
+    single = write(tmp_path / "experiments" / "single.yaml", "include: piece.yaml\nmodel: m.M\n")
+    with pytest.raises(
+        PipelineError,
+        match=r"single\.yaml: trainer\.callbacks\[0\]\.init_args\.monitor: \$\{stage_name\} is a pipeline stage's reference",
+    ):
+        composed_config_args(["--config", str(single)])
+    out = write(tmp_path / "out.yaml", "model: {init_args: {export_dir: '${stage_dir}/hf'}}\n")
+    with pytest.raises(PipelineError, match=r"out\.yaml: model\.init_args\.export_dir: \$\{stage_dir\} is a pipeline"):
+        main(["fit", "--config", str(out)])
+    escaped = write(tmp_path / "escaped.yaml", "model: {init_args: {note: '\\${stage_name}'}}\n")
+    args, _ = composed_config_args(["--config", str(escaped)])
+    assert yaml.safe_load(args[1])["model"]["init_args"]["note"] == "${stage_name}"
+
+
+def test_a_misspelt_stage_name_reference_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "e.yaml", "stages:\n  a:\n    model: {init_args: {stage: '${stage_nam}'}}\n")
+    with pytest.raises(PipelineError, match=r"e\.yaml: stages\.a\.model\.init_args\.stage says \$\{stage_nam\}"):
+        load_experiment(path)

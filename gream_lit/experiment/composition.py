@@ -7,9 +7,10 @@ An experiment file (``pipeline``) and a single-stage LightningCLI config compose
   (``include: data/scientific.yaml`` from any experiment);
 - merging is OmegaConf's (mappings merge recursively, lists and scalars replace);
 - ``${...}`` is an OmegaConf interpolation resolved at load time (``${backbone}``, any top-level key,
-  ``${oc.env:HOME}``), except the run-directory references of a pipeline stage (``${prev.…}``,
-  ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``), which pass through as written
-  and are resolved when the stage starts (``pipeline.resolve_refs``).
+  ``${oc.env:HOME}``), except the references of a pipeline stage to its run directory and itself
+  (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``, ``${stage_name}``),
+  which pass through as written and are resolved when the stage starts (``pipeline.resolve_refs``); a
+  single-stage config that holds one is an error naming the file and the key.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationKeyError, OmegaConfBaseException
 
 REF = re.compile(r"\$\{([^}]*)\}")
-# references to the run directory, resolved when the stage starts (the rest resolve at load time)
-_RUN_TIME_REF = re.compile(r"(?<!\\)\$\{(?=\s*(?:prev|stages|artifacts)\.|\s*(?:run_dir|stage_dir)\s*[}|])")
+# a pipeline stage's references to its run directory and itself, resolved when the stage starts (the rest
+# resolve at load time)
+_RUN_TIME_REF = re.compile(r"(?<!\\)\$\{(?=\s*(?:prev|stages|artifacts)\.|\s*(?:run_dir|stage_dir|stage_name)\s*[}|])")
 _ANY_REF = re.compile(r"\$\{")
 CONFIGS_DIR = "configs"
 
@@ -100,7 +102,7 @@ def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) ->
 def resolve_static(config: Mapping[str, Any], where: str | Path) -> dict[str, Any]:
     """Resolve the load-time ``${...}`` interpolations with OmegaConf (top-level keys, ``oc.env``...);
     the run-time references (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``,
-    ``${run_dir}``) pass through as written, with any load-time part inside them resolved
+    ``${run_dir}``, ``${stage_name}``) pass through as written, with any load-time part inside them resolved
     (``${prev.artifacts.model|${backbone}}``)."""
     try:
         return OmegaConf.to_container(OmegaConf.create(_escape(config, _RUN_TIME_REF)), resolve=True)
@@ -128,12 +130,35 @@ def check_run_settings(config: Mapping[str, Any], where: str | Path) -> None:
             raise PipelineError(f"{where}: {key}: expected a byte count, got {value!r}")
 
 
-def compose_file(path: str | Path) -> Any:
+def check_no_stage_references(config: Any, where: str | Path, key: str = "") -> None:
+    """Fail, naming the file and the key, on a pipeline stage's reference (``${stage_dir}``,
+    ``${prev.…}``…) in a single-stage config, which has no run directory or stage to resolve it against
+    (LightningCLI would take it as literal text: a folder named ``${stage_dir}``)."""
+    if isinstance(config, Mapping):
+        for k, v in config.items():
+            check_no_stage_references(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(config, list):
+        for i, v in enumerate(config):
+            check_no_stage_references(v, where, f"{key}[{i}]")
+    elif isinstance(config, str) and (ref := _RUN_TIME_REF.search(config)):
+        written = REF.match(config, ref.start())
+        text = written.group(0) if written else repr(config)
+        raise PipelineError(
+            f"{where}: {key}: {text} is a pipeline stage's reference; a single-stage config has no run "
+            "directory or stage (use it as a stage of an experiment file)"
+        )
+
+
+def compose_file(path: str | Path, single_stage: bool = False) -> Any:
     """A config file with its includes merged in and its load-time interpolations resolved (any file:
-    an experiment or a single-stage LightningCLI config)."""
+    an experiment or a single-stage LightningCLI config; ``single_stage``: fail on a stage's reference)."""
     path = Path(path).resolve()
     content = resolve_includes(read_yaml(path), path.parent)
-    return resolve_static(content, path) if isinstance(content, Mapping) else content
+    if not isinstance(content, Mapping):
+        return content
+    if single_stage:
+        check_no_stage_references(content, path)
+    return resolve_static(content, path)
 
 
 def needs_composing(path: str | Path) -> bool:
@@ -189,7 +214,7 @@ def composed_config_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             out.append(arg)
             i += 1
             continue
-        content = compose_file(value) if needs_composing(value) else None
+        content = compose_file(value, single_stage=True) if needs_composing(value) else None
         if isinstance(content, Mapping):
             check_run_settings(content, value)
             settings.update({key: content.pop(key) for key in RUN_SETTINGS if key in content})

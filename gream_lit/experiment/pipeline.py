@@ -6,6 +6,7 @@ An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a
 - ``artifacts: {key: relative/path}``: files the stage writes into its own directory (the config
   tells the module where, e.g. ``model.init_args.output_path: ${stage_dir}/index.json``);
 - ``${...}`` references, resolved just before the stage runs: ``${run_dir}``, ``${stage_dir}``,
+  ``${stage_name}`` (the stage's own name, so a piece that two stages include can name each one's metrics),
   ``${stages.NAME.dir}`` (or ``.ckpt``: best checkpoint, ``.last_ckpt``), ``${stages.NAME.artifacts.KEY}``,
   ``${stages.NAME.metrics.KEY}``, and ``${prev.…}`` for the nearest earlier *present* stage that has
   the item, so dropping a stage hands the next one whatever the stage before it wrote. A default
@@ -278,6 +279,8 @@ def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str]) -> Any
         return str(run.root)
     if expr == "stage_dir":
         return str(run.stage_dir(stage))
+    if expr == "stage_name":
+        return stage
     parts = expr.split(".")
     earlier = list(order[: order.index(stage)])
     if parts[0] == "stages" and len(parts) >= 3:
