@@ -32,7 +32,7 @@ ABLATIONS = {
 def kind(path: Path) -> str:
     if is_pipeline_file(path):
         return "pipeline"
-    content = yaml.safe_load(path.read_text())
+    content = compose_file(path)  # a LightningCLI config may get its model from an included piece
     return "lightning" if "model" in content else "index_build"
 
 
