@@ -169,3 +169,40 @@ def test_adapter_without_a_base_is_a_clear_error(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="base_model_name_or_path"):
         load_causal_lm(str(tmp_path))
+
+
+def test_first_layers_cut_is_the_shallow_model_and_cached(tmp_path, monkeypatch):
+    """``folder[:k]`` loads the base with only its first k decoder layers, from a folder made once."""
+    from gream_lit.modeling.backbone import load_causal_lm, resolve
+
+    monkeypatch.setenv("GREAM_LIT_CACHE", str(tmp_path / "cache"))
+    base = save_tiny_backbone(tmp_path / "base", hidden_size=32, num_layers=3)
+    full = load_causal_lm(base).eval()
+    del full.model.layers[2:]
+    cut, tokenizer = load_backbone(f"{base}[:2]")
+    assert len(cut.model.layers) == cut.config.num_hidden_layers == 2
+    ids = torch.tensor([tokenizer("the next item", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(cut.eval()(input_ids=ids).logits, full(input_ids=ids).logits)
+    folder = resolve(f"{base}[:2]")
+    assert folder.startswith(str(tmp_path / "cache")) and folder.endswith("first-2-layers")
+    written = (tmp_path / "cache").rglob("*.safetensors")
+    assert len(list(written)) == 1  # the second resolve reused the folder
+
+
+@pytest.mark.parametrize("layers", [0, 4])
+def test_first_layers_out_of_range_is_a_clear_error(tmp_path, monkeypatch, layers):
+    from gream_lit.modeling.backbone import resolve
+
+    monkeypatch.setenv("GREAM_LIT_CACHE", str(tmp_path / "cache"))
+    base = save_tiny_backbone(tmp_path / "base", hidden_size=32, num_layers=3)
+    with pytest.raises(ValueError, match=rf"\[:{layers}\]: the model has 3 decoder layers; keep 1 to 3"):
+        resolve(f"{base}[:{layers}]")
+
+
+def test_first_layers_of_an_adapter_folder_is_refused(tmp_path):
+    from gream_lit.modeling.backbone import resolve
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="cut a base model, not an adapter folder"):
+        resolve(f"{tmp_path}[:1]")

@@ -9,20 +9,30 @@ loads read that folder in well under a second.
 A LoRA stage hands off its adapter folder (tens of MB), not a merged copy of the base (540 MB for
 SmolLM2): ``load_causal_lm`` loads the base the adapter names (itself an adapter folder when stages
 chain, e.g. align -> curriculum -> SRPO), resizes it to the folder's tokenizer and merges the adapter.
+
+``name[:k]`` (``smollm2-135m-instruct[:8]``) is the same backbone cut to its first ``k`` decoder
+layers, materialised once into the cache like the GGUF conversion. On a CPU a forward and backward
+cost grows with the layer count, so a shallow backbone sees several times the training targets per
+second; an adapter trained on it names the cached folder as its base, so later stages and the
+recommender load the same shallow model without being told.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from gream_lit.modeling.slim_checkpoint import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,23 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dest: Path) -> Path:
+    """Write model and tokenizer to ``dest`` through a temporary folder renamed into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if dest.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def _materialise_gguf(alias: str) -> Path:
     """Convert a packaged GGUF to a plain fp32 HF folder in the cache, once (atomic rename)."""
     dest = cache_root() / alias
@@ -65,23 +92,48 @@ def _materialise_gguf(alias: str) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=dest.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if dest.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return _save_atomically(model, tokenizer, dest)
+
+
+FIRST_LAYERS = re.compile(r"(?P<base>.+)\[:(?P<layers>\d+)\]")
+
+
+def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    layers = getattr(model.base_model, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{model.name_or_path}: cannot cut {type(model).__name__}, it has no decoder layer list")
+    return layers
+
+
+@functools.lru_cache
+def _materialise_first_layers(base: str, layers: int) -> Path:
+    """The first ``layers`` decoder layers of ``base`` (with its embeddings, final norm and head) as a
+    cached HF folder, keyed by the base's name, or by its weights when it is a local folder."""
+    local = Path(base)
+    if (local / "adapter_config.json").is_file():
+        raise ValueError(f"{base}[:{layers}]: cut a base model, not an adapter folder")
+    key = f"{local.name}-{weights_fingerprint(base)}" if local.is_dir() else re.sub(r"[^\w.-]+", "--", base)
+    dest = cache_root() / key / f"first-{layers}-layers"
+    if (dest / "config.json").is_file():
+        return dest
+    model = load_causal_lm(base)
+    stack = _decoder_layers(model)
+    if not 0 < layers <= len(stack):
+        raise ValueError(f"{base}[:{layers}]: the model has {len(stack)} decoder layers; keep 1 to {len(stack)}")
+    log.info("cutting %s to its first %d of %d layers in %s (once)", base, layers, len(stack), dest)
+    del stack[layers:]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+    return _save_atomically(model, load_tokenizer(base), dest)
 
 
 def resolve(name_or_path: str) -> str:
-    """A name or folder transformers can load: GGUF aliases map to their cached HF folder."""
+    """A name or folder transformers can load: GGUF aliases map to their cached HF folder, ``name[:k]``
+    to the cached first ``k`` layers of ``name``."""
+    cut = FIRST_LAYERS.fullmatch(name_or_path)
+    if cut:
+        return str(_materialise_first_layers(cut["base"], int(cut["layers"])))
     key = name_or_path.lower()
     return str(_materialise_gguf(key)) if key in GGUF_ALIASES else name_or_path
 
