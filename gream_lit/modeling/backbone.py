@@ -89,7 +89,8 @@ def _materialise_gguf(alias: str) -> Path:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.random.fork_rng():  # the random init is overwritten; it must not move the run's seeded stream
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     return _save_atomically(model, tokenizer, dest)
@@ -113,10 +114,11 @@ def _materialise_first_layers(base: str, layers: int) -> Path:
     if (local / "adapter_config.json").is_file():
         raise ValueError(f"{base}[:{layers}]: cut a base model, not an adapter folder")
     key = f"{local.name}-{weights_fingerprint(base)}" if local.is_dir() else re.sub(r"[^\w.-]+", "--", base)
-    dest = cache_root() / key / f"first-{layers}-layers"
+    dest = cache_root() / "first-layers" / key / str(layers)
     if (dest / "config.json").is_file():
         return dest
-    model = load_causal_lm(base)
+    with torch.random.fork_rng():  # a first run must draw the same random numbers as a cached one
+        model = load_causal_lm(base)
     stack = _decoder_layers(model)
     if not 0 < layers <= len(stack):
         raise ValueError(f"{base}[:{layers}]: the model has {len(stack)} decoder layers; keep 1 to {len(stack)}")
