@@ -465,6 +465,20 @@ def test_trainer_pieces_parse_as_trainer_arguments(piece):
             lambda e: e["stages"]["first"]["model"]["init_args"].update(init_path="${stages.second.artifacts.w}"),
             r"must name an earlier stage",
         ),
+        (
+            lambda e: e["stages"]["second"]["model"]["init_args"].update(lrr=0.1),
+            r"stage 'second': model TinyRegressor: unknown key 'lrr' \(did you mean 'lr'\?\)",
+        ),
+        (
+            lambda e: e["stages"]["second"].update(
+                data={"class_path": "gream_lit.rl.rl_data.RLDataModule", "init_args": {"mode": "direct"}}
+            ),
+            r"stage 'second': data RLDataModule needs init_args 'index_path'",
+        ),
+        (
+            lambda e: e["stages"]["second"]["model"].update(class_path="test_pipeline.NoSuchModel"),
+            r"stage 'second': model: class_path 'test_pipeline.NoSuchModel' cannot be imported",
+        ),
     ],
 )
 def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit, message):

@@ -60,7 +60,7 @@ def test_direct_prompts_carry_the_sft_system_turn_and_batches_are_lists(data_dir
 
 def test_rl_data_errors_name_the_problem(data_dir: Path) -> None:
     with pytest.raises(DataError, match="index_path is required"):
-        RLDataModule(data_dir=str(data_dir))
+        RLDataModule(data_dir=str(data_dir), index_path="")
     with pytest.raises(DataError, match="no training prompt"):
         make_dm(data_dir, min_history=10)
 

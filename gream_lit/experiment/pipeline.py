@@ -128,6 +128,8 @@ def load_experiment(
             keys = sorted(stage) if isinstance(stage, Mapping) else stage
             raise PipelineError(f"{path}: stage {name!r} needs a 'model' (got {keys!r})")
     check_experiment(exp, path)
+    for name in exp["stages"]:
+        check_stage_arguments(merged_stage(exp, name), f"{path}: stage {name!r}")
     if seed is not None:
         exp["seed_everything"] = seed
         for stage in exp["stages"].values():
@@ -190,6 +192,28 @@ def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
                         f"{path}: stage {name!r}: ${{{ref}}}: no earlier stage declares artifact {key!r} "
                         f"(add it under that stage's 'artifacts:' or give a default: ${{{expr.strip()}|value}})"
                     )
+
+
+def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
+    """The stage's model and data classes exist and get every argument they require and none they do not
+    take, so a typo or a missing path in the last stage fails before the first stage runs."""
+    for part in ("model", "data"):
+        spec = stage.get(part)
+        class_path = spec.get("class_path") if isinstance(spec, Mapping) else spec
+        if not isinstance(class_path, str):
+            continue
+        try:
+            cls = import_class(class_path)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise PipelineError(f"{where}: {part}: class_path {class_path!r} cannot be imported ({e})") from e
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        given = (spec.get("init_args") or {}) if isinstance(spec, Mapping) else {}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            _unknown_keys(given, [p.name for p in params], f"{where}: {part} {cls.__name__}")
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        missing = [p.name for p in params if p.default is p.empty and p.kind not in variadic and p.name not in given]
+        if missing:
+            raise PipelineError(f"{where}: {part} {cls.__name__} needs init_args {', '.join(map(repr, missing))}")
 
 
 # ----------------------------------------------------------------------------- run directory
