@@ -475,6 +475,15 @@ def test_trainer_pieces_parse_as_trainer_arguments(piece):
             ),
             r"stage 'second': data RLDataModule needs init_args 'index_path'",
         ),
+        (  # a class taking **kwargs: its parents' parameters count, a typo still fails
+            lambda e: e["stages"]["second"].update(
+                data={
+                    "class_path": "gream_lit.alignment.sft_data.AlignmentDataModule",
+                    "init_args": {"index_path": "x.json", "val_user": 5},
+                }
+            ),
+            r"data AlignmentDataModule: unknown key 'val_user' \(did you mean 'val_users'\?\)",
+        ),
         (
             lambda e: e["stages"]["second"]["model"].update(class_path="test_pipeline.NoSuchModel"),
             r"stage 'second': model: class_path 'test_pipeline.NoSuchModel' cannot be imported",

@@ -58,6 +58,7 @@ from typing import Any
 
 import lightning as L
 import yaml
+from jsonargparse._parameter_resolvers import get_signature_parameters  # the parameters LightningCLI accepts
 from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.experiment.allocator import apply_configured_threshold
@@ -195,8 +196,12 @@ def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
 
 
 def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
-    """The stage's model and data classes exist and get every argument they require and none they do not
-    take, so a typo or a missing path in the last stage fails before the first stage runs."""
+    """The stage's model and data classes exist and get every top-level argument they require and none they
+    do not take, so a typo or a missing path in the last stage fails before the first stage runs.
+
+    The parameters are those LightningCLI will accept: jsonargparse's resolver follows ``**kwargs`` into
+    the parent classes (``AlignmentDataModule`` -> ``CatalogDataModule``)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     for part in ("model", "data"):
         spec = stage.get(part)
         class_path = spec.get("class_path") if isinstance(spec, Mapping) else spec
@@ -206,12 +211,19 @@ def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
             cls = import_class(class_path)
         except (ImportError, AttributeError, ValueError) as e:
             raise PipelineError(f"{where}: {part}: class_path {class_path!r} cannot be imported ({e})") from e
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        given = (spec.get("init_args") or {}) if isinstance(spec, Mapping) else {}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
+        if isinstance(spec, Mapping):
+            _unknown_keys(spec, ["class_path", "init_args", "dict_kwargs"], f"{where}: {part}")
+        given = spec.get("init_args") or {} if isinstance(spec, Mapping) else {}
+        if not isinstance(given, Mapping):
+            raise PipelineError(f"{where}: {part}.init_args: expected a mapping, got {given!r}")
+        params = get_signature_parameters(cls)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
             _unknown_keys(given, [p.name for p in params], f"{where}: {part} {cls.__name__}")
-        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        missing = [p.name for p in params if p.default is p.empty and p.kind not in variadic and p.name not in given]
+        missing = [
+            p.name
+            for p in params
+            if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in given
+        ]
         if missing:
             raise PipelineError(f"{where}: {part} {cls.__name__} needs init_args {', '.join(map(repr, missing))}")
 
