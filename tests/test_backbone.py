@@ -187,15 +187,24 @@ def test_adapter_without_a_base_is_a_clear_error(tmp_path):
 
 def test_first_layers_cut_is_the_shallow_model_and_cached(tmp_path, monkeypatch):
     """``folder[:k]`` loads the base with only its first k decoder layers, from a folder made once."""
+    from gream_lit.modeling import backbone
     from gream_lit.modeling.backbone import load_causal_lm, resolve
 
     monkeypatch.setenv("GREAM_LIT_CACHE", str(tmp_path / "cache"))
     base = save_tiny_backbone(tmp_path / "base", hidden_size=32, num_layers=3)
     full = load_causal_lm(base).eval()
     del full.model.layers[2:]
-    state = torch.get_rng_state()
+
+    def drawing_load(path, *args):  # a load that draws random numbers, as a from_config init does
+        torch.rand(3)
+        return load_causal_lm(path, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backbone, "load_causal_lm", drawing_load)
+        state = torch.get_rng_state()
+        assert resolve(f"{base}[:2]")
+        assert torch.equal(torch.get_rng_state(), state)  # a first run draws what a cached run draws
     cut, tokenizer = load_backbone(f"{base}[:2]")
-    assert torch.equal(torch.get_rng_state(), state)  # a first run draws what a cached run draws
     assert len(cut.model.layers) == cut.config.num_hidden_layers == 2
     ids = torch.tensor([tokenizer("the next item", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():

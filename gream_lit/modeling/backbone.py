@@ -19,7 +19,7 @@ recommender load the same shallow model without being told.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import importlib.util
 import json
 import logging
@@ -89,7 +89,7 @@ def _materialise_gguf(alias: str) -> Path:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    with torch.random.fork_rng():  # the random init is overwritten; it must not move the run's seeded stream
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; it must not move the run's seeded stream
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
@@ -106,18 +106,22 @@ def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     return layers
 
 
-@functools.lru_cache
 def _materialise_first_layers(base: str, layers: int) -> Path:
     """The first ``layers`` decoder layers of ``base`` (with its embeddings, final norm and head) as a
-    cached HF folder, keyed by the base's name, or by its weights when it is a local folder."""
+    cached HF folder, keyed by the base's name, or by its weights when it is a local folder (a folder whose
+    tokenizer or config alone changed reuses the cut: delete the cut folder to make it again)."""
     local = Path(base)
     if (local / "adapter_config.json").is_file():
         raise ValueError(f"{base}[:{layers}]: cut a base model, not an adapter folder")
-    key = f"{local.name}-{weights_fingerprint(base)}" if local.is_dir() else re.sub(r"[^\w.-]+", "--", base)
+    if local.is_dir():  # a local folder is keyed by its weights (or its absolute path when it has none)
+        digest = weights_fingerprint(base) or hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:16]
+        key = f"{local.name}-{digest}"
+    else:
+        key = re.sub(r"[^\w.-]+", "--", base.lower() if base.lower() in GGUF_ALIASES else base)
     dest = cache_root() / "first-layers" / key / str(layers)
     if (dest / "config.json").is_file():
         return dest
-    with torch.random.fork_rng():  # a first run must draw the same random numbers as a cached one
+    with torch.random.fork_rng(devices=[]):  # a first run must draw the same random numbers as a cached one
         model = load_causal_lm(base)
     stack = _decoder_layers(model)
     if not 0 < layers <= len(stack):
