@@ -32,8 +32,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from gream_lit.modeling.slim_checkpoint import weights_fingerprint
-
 log = logging.getLogger(__name__)
 
 # alias -> (python package holding the GGUF, file name inside it)
@@ -108,14 +106,15 @@ def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 def _materialise_first_layers(base: str, layers: int) -> Path:
     """The first ``layers`` decoder layers of ``base`` (with its embeddings, final norm and head) as a
-    cached HF folder, keyed by the base's name, or by its weights when it is a local folder (a folder whose
+    cached HF folder, keyed by the base's name, or by its weight files when it is a local folder (a folder whose
     tokenizer or config alone changed reuses the cut: delete the cut folder to make it again)."""
     local = Path(base)
     if (local / "adapter_config.json").is_file():
         raise ValueError(f"{base}[:{layers}]: cut a base model, not an adapter folder")
-    if local.is_dir():  # a local folder is keyed by its weights (or its absolute path when it has none)
-        digest = weights_fingerprint(base) or hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:16]
-        key = f"{local.name}-{digest}"
+    if local.is_dir():  # keyed by its path and its weight files' sizes and times: every resolve stays cheap
+        weights = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin"))
+        stamp = [str(local.resolve())] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+        key = f"{local.name}-{hashlib.sha256(chr(0).join(stamp).encode()).hexdigest()[:16]}"
     else:
         key = re.sub(r"[^\w.-]+", "--", base.lower() if base.lower() in GGUF_ALIASES else base)
     dest = cache_root() / "first-layers" / key / str(layers)
