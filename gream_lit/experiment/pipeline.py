@@ -204,13 +204,13 @@ def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
     variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     for part in ("model", "data"):
         spec = stage.get(part)
-        class_path = spec.get("class_path") if isinstance(spec, Mapping) else spec
-        if not isinstance(class_path, str):
-            continue
         try:
-            cls = import_class(class_path)
+            cls = _stage_class(stage, part)
         except (ImportError, AttributeError, ValueError) as e:
+            class_path = spec.get("class_path") if isinstance(spec, Mapping) else spec
             raise PipelineError(f"{where}: {part}: class_path {class_path!r} cannot be imported ({e})") from e
+        if cls is None:
+            continue
         if isinstance(spec, Mapping):
             _unknown_keys(spec, ["class_path", "init_args", "dict_kwargs"], f"{where}: {part}")
         given = spec.get("init_args") or {} if isinstance(spec, Mapping) else {}
