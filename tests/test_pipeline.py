@@ -96,6 +96,17 @@ class TinyRegressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class TinyIndexer(TinyRegressor):
+    """A TinyRegressor that also writes a semantic-ID index whose second ID is one token short."""
+
+    def __init__(self, index_path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.index_path = index_path
+
+    def on_fit_end(self) -> None:
+        Path(self.index_path).write_text(json.dumps({"0": ["<|a_1|>", "<|b_1|>"], "1": ["<|a_2|>"]}))
+
+
 def tiny_experiment(
     tmp_path: Path,
     max_epochs: int = 2,
@@ -498,6 +509,37 @@ def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit
     with pytest.raises(PipelineError, match=message):
         load_experiment(path)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_index_a_later_stage_cannot_read_fails_before_the_stages_in_between(tmp_path):
+    """SRPO's compact prompts need IDs of one length: the index stage's output is checked as soon as it
+    exists, before the stage between them spends its time."""
+    from gream_lit.experiment import pipeline
+
+    exp = yaml.safe_load(tiny_experiment(tmp_path, max_epochs=1).read_text())
+    first = exp["stages"]["first"]
+    first["model"] = {
+        "class_path": "test_pipeline.TinyIndexer",
+        "init_args": {"index_path": "${stage_dir}/D.index.json"},
+    }
+    first["artifacts"] = {"index": "D.index.json"}
+    exp["stages"]["rl"] = {
+        "model": {"class_path": "test_pipeline.TinyRegressor"},
+        "data": {
+            "class_path": "gream_lit.rl.rl_data.RLDataModule",
+            "init_args": {"index_path": "${prev.artifacts.index}", "mode": "direct", "prompt_format": "compact"},
+        },
+    }
+    path = tmp_path / "index_then_rl.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run = tmp_path / "run"
+    with pytest.raises(
+        PipelineError,
+        match=r"stage 'rl' \(data\.init_args\) would fail when it starts: .*first/D\.index\.json: compact RL "
+        r"prompts need IDs of one length, but this index has IDs of \[1, 2\] tokens",
+    ):
+        pipeline.run_experiment(load_experiment(path), run)
+    assert (run / "first" / "DONE").exists() and not (run / "second").exists()
 
 
 def test_a_misspelt_set_override_is_an_error(tmp_path):

@@ -123,6 +123,22 @@ def test_compact_prompts_are_the_bare_id_text(data_dir: Path) -> None:
         make_dm(data_dir, mode="direct", prompt_format="compact")
 
 
+def test_check_inputs_reads_only_an_index_that_exists(data_dir: Path) -> None:
+    """A pipeline calls it before earlier stages run: a missing index is not yet written, chat prompts
+    take IDs of any length, compact ones do not."""
+    path = data_dir / "D.index.json"
+    RLDataModule.check_inputs({"index_path": str(path), "prompt_format": "compact"})
+    RLDataModule.check_inputs({"index_path": str(data_dir / "later.index.json"), "prompt_format": "compact"})
+    index = json.loads(path.read_text())
+    index["0"] = ["<|a_1|>"]
+    path.write_text(json.dumps(index))
+    RLDataModule.check_inputs({"index_path": str(path)})
+    with pytest.raises(
+        DataError, match=r"D\.index\.json: compact RL prompts need IDs of one length, but .* \[1, 2\] tokens"
+    ):
+        RLDataModule.check_inputs({"index_path": str(path), "prompt_format": "compact"})
+
+
 def test_restricted_vocab_rollouts_stay_inside_and_score_over_it(policy) -> None:
     model, tokenizer = policy
     vocab = torch.tensor(

@@ -61,6 +61,7 @@ import yaml
 from jsonargparse._parameter_resolvers import get_signature_parameters  # the parameters LightningCLI accepts
 from lightning.pytorch.utilities import rank_zero_only
 
+from gream_lit.data.catalog import DataError
 from gream_lit.experiment.allocator import apply_configured_threshold
 from gream_lit.experiment.composition import (
     REF,
@@ -228,6 +229,30 @@ def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
             raise PipelineError(f"{where}: {part} {cls.__name__} needs init_args {', '.join(map(repr, missing))}")
 
 
+def check_ready_inputs(exp: Mapping[str, Any], run: RunDir, start: str) -> None:
+    """Before ``start`` runs, every stage from it on whose data class has ``check_inputs`` checks the inputs
+    that earlier stages have already written (an index whose IDs SRPO's compact prompts cannot use fails
+    here, not after the stages in between)."""
+    order = list(exp["stages"])
+    declared = {name: exp["stages"][name].get("artifacts") or {} for name in order}
+    for name in order[order.index(start) :]:
+        raw = merged_stage(exp, name)
+        cls = _stage_class(raw, "data")
+        check = getattr(cls, "check_inputs", None)
+        if check is None:
+            continue
+        data = raw.get("data")
+        given = data.get("init_args") or {} if isinstance(data, Mapping) else {}
+        try:
+            init_args = resolve_refs(own_artifacts(given, raw.get("artifacts") or {}), run, name, order, declared)
+        except NotReady:
+            continue
+        try:
+            check(init_args)
+        except DataError as e:
+            raise PipelineError(f"stage {name!r} (data.init_args) would fail when it starts: {e}") from e
+
+
 # ----------------------------------------------------------------------------- run directory
 
 
@@ -285,9 +310,19 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- references
 
 
-def _lookup(run: RunDir, stage: str, path: list[str]) -> Any:
-    """One item of a finished stage: dir, ckpt, last_ckpt, artifacts.KEY, metrics.KEY."""
+class NotReady(Exception):
+    """A reference to what a stage that has not finished will write (raised only when peeking)."""
+
+
+def _lookup(run: RunDir, stage: str, path: list[str], peek: Mapping[str, Any] | None = None) -> Any:
+    """One item of a finished stage: dir, ckpt, last_ckpt, artifacts.KEY, metrics.KEY. With ``peek``
+    (each stage's declared artifacts), an unfinished stage is skipped for an artifact it will not write
+    and raises ``NotReady`` otherwise."""
     record = run.done(stage)
+    if record is None and peek is not None:
+        if path[0] == "artifacts" and ".".join(path[1:]) not in (peek.get(stage) or {}):
+            raise KeyError(f"stage {stage!r} will not write {'.'.join(path)!r}")
+        raise NotReady(stage)
     if record is None:
         raise PipelineError(f"stage {stage!r} has not finished in {run.root}; run it first (without --stage)")
     head, rest = path[0], ".".join(path[1:])
@@ -308,7 +343,7 @@ def _lookup(run: RunDir, stage: str, path: list[str]) -> Any:
     raise KeyError(f"stage {stage!r} has no {'.'.join(path)!r}")
 
 
-def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str]) -> Any:
+def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str], peek: Mapping[str, Any] | None = None) -> Any:
     expr, has_default, default = ref.partition("|")
     expr = expr.strip()
     if expr == "run_dir":
@@ -334,7 +369,7 @@ def _resolve_ref(ref: str, run: RunDir, stage: str, order: Sequence[str]) -> Any
     errors = []
     for cand in candidates:
         try:
-            return _lookup(run, cand, path)
+            return _lookup(run, cand, path, peek)
         except KeyError as e:
             errors.append(str(e.args[0]))
     if has_default:
@@ -356,18 +391,21 @@ def own_artifacts(node: Any, artifacts: Mapping[str, str]) -> Any:
     return _OWN_ARTIFACT.sub(lambda m: "${stage_dir}/" + str(artifacts[m.group(1)]), node)
 
 
-def resolve_refs(node: Any, run: RunDir, stage: str, order: Sequence[str]) -> Any:
-    """Substitute ``${...}``; a string that is one whole reference takes the value's own type."""
+def resolve_refs(
+    node: Any, run: RunDir, stage: str, order: Sequence[str], peek: Mapping[str, Any] | None = None
+) -> Any:
+    """Substitute ``${...}``; a string that is one whole reference takes the value's own type. ``peek``:
+    see ``_lookup``."""
     if isinstance(node, Mapping):
-        return {k: resolve_refs(v, run, stage, order) for k, v in node.items()}
+        return {k: resolve_refs(v, run, stage, order, peek) for k, v in node.items()}
     if isinstance(node, list):
-        return [resolve_refs(v, run, stage, order) for v in node]
+        return [resolve_refs(v, run, stage, order, peek) for v in node]
     if not isinstance(node, str):
         return node
     whole = REF.fullmatch(node)
     if whole:
-        return _resolve_ref(whole.group(1), run, stage, order)
-    return REF.sub(lambda m: str(_resolve_ref(m.group(1), run, stage, order)), node)
+        return _resolve_ref(whole.group(1), run, stage, order, peek)
+    return REF.sub(lambda m: str(_resolve_ref(m.group(1), run, stage, order, peek)), node)
 
 
 # ----------------------------------------------------------------------------- stage configs
@@ -667,6 +705,7 @@ def run_experiment(
         results = {}
         for stage in exp["stages"]:
             if only is None or stage == only:
+                check_ready_inputs(exp, run, stage)
                 results[stage] = run_stage(exp, run, stage, (callbacks or {}).get(stage, ()))
     return results
 

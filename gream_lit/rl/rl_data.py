@@ -14,8 +14,9 @@ that format (``compact_format``): the prefix and the history's bare ID tokens, n
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -58,6 +59,17 @@ def by_length(rows: list[dict]) -> list[dict]:
 def collate_prompts(rows: list[dict]) -> dict[str, list]:
     """Batch of prompts as lists (tokenising is the policy's job: it owns the tokenizer)."""
     return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def check_one_length(index: SemanticIndex, path: str | Path) -> None:
+    """Compact RL prompts end where the answer starts, so every ID must have the same number of tokens."""
+    lengths = sorted(set(index.lengths().tolist()))
+    if len(lengths) > 1:
+        raise DataError(
+            f"{path}: compact RL prompts need IDs of one length, but this index has IDs of {lengths} tokens (the "
+            "SFT layout pads shorter IDs with EOS); build it with collision: pad_all or reassign, or use "
+            "prompt_format: chat"
+        )
 
 
 class RLDataModule(CatalogDataModule):
@@ -118,12 +130,17 @@ class RLDataModule(CatalogDataModule):
         catalog = super().load()
         if self.index is None:
             self.index = SemanticIndex.from_json(Path(self.index_path), n_items=catalog.n_items, unique=True)
-            if self.prompt_format == "compact" and len(set(self.index.lengths().tolist())) > 1:
-                raise DataError(
-                    f"{self.index_path}: compact RL prompts need IDs of one length (the SFT layout pads "
-                    "shorter IDs with EOS); use a fixed-length index or prompt_format: chat"
-                )
+            if self.prompt_format == "compact":
+                check_one_length(self.index, self.index_path)
         return catalog
+
+    @classmethod
+    def check_inputs(cls, init_args: Mapping[str, Any]) -> None:
+        """What a pipeline checks before earlier stages spend their minutes: an index that already exists
+        (an earlier stage wrote it) has IDs of one length where compact prompts need it."""
+        path = init_args.get("index_path")
+        if init_args.get("prompt_format", "chat") == "compact" and path and Path(path).is_file():
+            check_one_length(SemanticIndex.from_json(Path(path)), path)
 
     def sid(self, item: int) -> str:
         return self.index.item_string(item)
