@@ -13,6 +13,7 @@ that format (``compact_format``): the prefix and the history's bare ID tokens, n
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -139,7 +140,8 @@ class RLDataModule(CatalogDataModule):
         """What a pipeline checks before earlier stages spend their minutes: an index that already exists
         (an earlier stage wrote it) has IDs of one length where compact prompts need it."""
         path = init_args.get("index_path")
-        if init_args.get("prompt_format", "chat") == "compact" and path and Path(path).is_file():
+        prompt_format = init_args.get("prompt_format", inspect.signature(cls).parameters["prompt_format"].default)
+        if prompt_format == "compact" and path and Path(path).is_file():
             check_one_length(SemanticIndex.from_json(Path(path)), path)
 
     def sid(self, item: int) -> str:
