@@ -14,17 +14,20 @@ from collections import Counter
 
 import pandas as pd
 
+from gream_lit.data.readers import load_catalog
 from gream_lit.data.readers.movielens import WIDEDEEP_FILES, widedeep_dir
 
 POSITIONS = {"test (seq[-1])": -1, "validation (seq[-2])": -2, "seq[-3]": -3}
 
 
 def main() -> None:
+    catalog = load_catalog("", "movielens_widedeep")  # the sequences in the reader's own order
     ratings = pd.read_parquet(widedeep_dir() / WIDEDEEP_FILES["ratings"])
-    per_user: dict[int, list[tuple[int, int]]] = {}
-    for user, movie, ts in zip(ratings["user_id"], ratings["movie_id"], ratings["timestamp"]):
-        per_user.setdefault(int(user), []).append((int(ts), int(movie)))
-    events = [sorted(evs) for evs in per_user.values()]  # the reader's order: timestamp, then movie id
+    stamp = {(str(u), str(m)): int(t) for u, m, t in zip(ratings["user_id"], ratings["movie_id"], ratings["timestamp"])}
+    events = [
+        [(stamp[user, catalog.item_ids[i]], int(catalog.item_ids[i])) for i in seq]
+        for user, seq in zip(catalog.user_ids, catalog.sequences)
+    ]
     train = Counter(movie for evs in events for _, movie in evs[:-2])
     print(f"{len(events)} users; training interactions: {sum(train.values())}")
     for name, pos in POSITIONS.items():
