@@ -19,7 +19,9 @@ from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample, sho
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
 from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
 from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
+from gream_lit.curriculum.short_thoughts import ThoughtWriter, short_row, think_block
 from gream_lit.curriculum.teachers import build_teacher
+from gream_lit.data import compact_format as compact
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.samplers import SequentialDistributedSampler
@@ -27,6 +29,7 @@ from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM
 
 log = logging.getLogger(__name__)
 EVAL_MODES = ("direct", "reasoning")
+COT_LAYOUTS = ("official", "short")
 
 
 class CurriculumDataModule(AlignmentDataModule):
@@ -46,6 +49,13 @@ class CurriculumDataModule(AlignmentDataModule):
         reason_passes: copies of the CoT set in the ``none`` schedule (official: seen 3 times).
         eval_mode: ``direct`` (plain seq-rec prompt) or ``reasoning`` (reasoning system prompt + the
             reasoning template; the module then thinks before answering, docs/gream_spec.md §8.2).
+        cot_layout: ``official`` (a teacher's four-step CoT in the chat layout, as GREAM) or ``short``
+            (ours: a one-line thought written from the visible history, ``curriculum.short_thoughts``, in
+            the compact layout, ``History:<IDs><think>...</think><ID>``; needs ``prompt_format: compact``
+            and no teacher). With ``short`` a reasoning-mode prompt is the direct-mode prompt followed by
+            ``<think>``: the think tag is the mode tag, so direct mode is prompted as before.
+        short_per_user: ``short`` rows per user, at its latest training positions.
+        thought_source: which kinds thoughts name (``short_thoughts.TERM_SOURCES``).
         **kwargs: ``AlignmentDataModule`` arguments (index, backbone, tasks, passes, max_length, ...).
     """
 
@@ -62,15 +72,27 @@ class CurriculumDataModule(AlignmentDataModule):
         n_stages: int = 3,
         reason_passes: int = 3,
         eval_mode: str = "direct",
+        cot_layout: str = "official",
+        short_per_user: int = 1,
+        thought_source: str = "auto",
         **kwargs: Any,
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown curriculum schedule {schedule!r}; expected one of {SCHEDULES}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"unknown eval_mode {eval_mode!r}; expected one of {EVAL_MODES}")
-        if cot and (cot_path is None) == (teacher is None):
+        if cot_layout not in COT_LAYOUTS:
+            raise ValueError(f"unknown cot_layout {cot_layout!r}; expected one of {COT_LAYOUTS}")
+        if cot_layout == "short":
+            if cot_path is not None or teacher is not None:
+                raise ValueError("cot_layout: short writes its thoughts from the history: drop cot_path and teacher")
+            if kwargs.get("prompt_format") != "compact":
+                raise ValueError("cot_layout: short needs prompt_format: compact")
+            if short_per_user < 1:
+                raise ValueError(f"short_per_user must be >= 1, got {short_per_user}")
+        elif cot and (cot_path is None) == (teacher is None):
             raise ValueError("cot: true needs exactly one CoT source: cot_path (a file) or teacher (generate)")
-        if eval_mode == "reasoning":
+        if eval_mode == "reasoning" and cot_layout == "official":
             kwargs["eval_system_prompt"] = REASONING_SYSTEM_PROMPT
         super().__init__(index_path=index_path, **kwargs)
         self.save_hyperparameters()
@@ -84,6 +106,11 @@ class CurriculumDataModule(AlignmentDataModule):
         self.n_stages = n_stages
         self.reason_passes = reason_passes
         self.eval_mode = eval_mode
+        self.cot_layout = cot_layout
+        self.short_per_user = short_per_user
+        self.thought_source = thought_source
+        self._writer: ThoughtWriter | None = None
+        self._eval_history: dict[int, tuple[int, ...]] = {}
         self.mix_stats: MixStats | None = None
         self.counts: dict[str, int] = {}
 
@@ -148,10 +175,12 @@ class CurriculumDataModule(AlignmentDataModule):
         )
         if self.task_specs["seqdense"].enabled:
             align += [{**row, "kind": "align"} for row in self.dense_rows()]
-        cot = self._cot_samples() if self.cot else []
-        reason = self._encode(cot, None, "cot")
+        cot = self._cot_samples() if self.cot and self.cot_layout == "official" else []
+        reason = self.short_rows() if self.cot and self.cot_layout == "short" else self._encode(cot, None, "cot")
         if not align:
             raise ValueError(f"no alignment sample fits max_length={self.max_length}")
+        if self.cot and not reason and self.cot_layout == "short":
+            raise ValueError("cot_layout: short wrote no thought: no training item has categories or title words")
         if self.cot and not reason:
             shortest = min(shortest_encoding(self.tokenizer, s, None) for s in cot)
             raise ValueError(
@@ -171,6 +200,41 @@ class CurriculumDataModule(AlignmentDataModule):
         }
         log.info("curriculum %s stream: %s; parts %s", self.schedule, self.counts, self.mix_stats.parts)
 
+    @property
+    def thought_writer(self) -> ThoughtWriter:
+        if self._writer is None:
+            self._writer = ThoughtWriter(self.catalog, self.thought_source)
+        return self._writer
+
+    def _think_ids(self, history: tuple[int, ...]) -> list[int] | None:
+        thought = self.thought_writer.thought(history)
+        return self.tokenizer(think_block(thought), add_special_tokens=False)["input_ids"] if thought else None
+
+    def short_rows(self) -> list[dict]:
+        """``cot_layout: short``: each user's latest ``short_per_user`` training positions as compact rows
+        with the think block before the answer; positions whose history has no kinds are left out."""
+        by_user: dict[int, list] = {}
+        for s in self.split.train:
+            by_user.setdefault(s.user, []).append(s)
+        prefix, rows, out = self._compact_prefix(), self.item_rows(), []
+        for samples in by_user.values():
+            for s in samples[-self.short_per_user :]:
+                think = self._think_ids(s.history)
+                if think is None:
+                    continue
+                prompt = compact.history_prompt(prefix, s.history, rows, self.max_length - len(think))
+                out.append({**short_row(prompt, think, rows[s.target]), "kind": "cot"})
+        return out
+
+    def _encode_eval(self, samples: list) -> list[dict]:
+        """Records each user's visible history, which a short thought must be grounded in."""
+        self._eval_history.update({s.user: s.history[-self.max_history :] for s in samples})
+        return super()._encode_eval(samples)
+
+    def grounded(self, users: list[int], thoughts: list[str]) -> list[bool]:
+        """Per evaluated user, whether its thought names only kinds of its visible history (and one at least)."""
+        return [self.thought_writer.grounded(t, self._eval_history.get(u, ())) for u, t in zip(users, thoughts)]
+
     def build_datasets(self, stage: str | None) -> None:
         self._prepare_vocab()
         if stage in (None, "fit") and self.train_data is None:
@@ -185,11 +249,15 @@ class CurriculumDataModule(AlignmentDataModule):
 
     def eval_prompt_layout(self) -> DirectPrompt:
         """Reasoning mode: the reasoning template as a chat turn under the reasoning system prompt,
-        whatever ``prompt_format`` (the model writes text before its answer)."""
+        whatever ``prompt_format`` (the model writes text before its answer); the short layout's
+        reasoning prompt is the direct one (decoding appends ``<think>``)."""
         return super().eval_prompt_layout() if self.eval_mode == "direct" else self.reasoning_prompt()
 
     def reasoning_prompt(self) -> DirectPrompt:
-        """The reasoning-mode prompt: the reasoning template as a chat turn under the reasoning system prompt."""
+        """The reasoning-mode prompt: the reasoning template as a chat turn under the reasoning system
+        prompt, or (``cot_layout: short``) the direct-mode prompt."""
+        if self.cot_layout == "short":
+            return super().direct_prompt()
         return DirectPrompt("chat", self.max_length, self.max_history, REASONING_SYSTEM_PROMPT, REASONING_EVAL_TEMPLATE)
 
     def _collate_train(self, rows: list[dict]) -> dict:

@@ -7,6 +7,8 @@ TensorBoard.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric
@@ -29,9 +31,11 @@ class ReasoningSFTModule(SFTModule):
     Reasoning mode is on when the data module's ``eval_mode`` is ``reasoning`` (its prompts then carry
     the reasoning system prompt); other evaluation sets (e.g. ``item2index``) stay direct. Logs
     ``<stage>/<split>/{recall,ndcg,mrr}@k``, ``.../parse_rate`` (outputs that parse),
-    ``.../answer_rate`` (outputs that opened ``<answer>`` unforced), ``.../parse_fail/<cause>`` (share of
-    outputs failing for each of ``PARSE_FAILURES``) and ``log_examples`` chains per evaluation as
-    TensorBoard text.
+    ``.../answer_rate`` (outputs that opened ``<answer>`` unforced; in the short layout, that closed their
+    think block themselves), ``.../parse_fail/<cause>`` (share of outputs failing for each of
+    ``PARSE_FAILURES``), ``.../distinct_top1`` (distinct first answers over users), ``.../users_per_s``,
+    in the short layout ``.../grounded_rate`` (thoughts naming only kinds of the user's history) and
+    ``log_examples`` chains per evaluation as TensorBoard text.
 
     Args:
         reasoning: ``ReasoningOptions`` (decoder, budgets, sampling).
@@ -50,13 +54,22 @@ class ReasoningSFTModule(SFTModule):
         self.failure_rates = torch.nn.ModuleDict(
             {f"{s}_{cause}": MeanMetric() for s in ("val", "test") for cause in PARSE_FAILURES}
         )
+        self.grounded_rates = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._lookup: dict[str, int] | None = None
+        self._top1: dict[str, list[int]] = {"val": [], "test": []}
+        self._seconds: dict[str, float] = {"val": 0.0, "test": 0.0}
 
     def _reasoning_on(self, dataloader_idx: int) -> bool:
         return dataloader_idx == 0 and getattr(self.trainer.datamodule, "eval_mode", "direct") == "reasoning"
 
     def reason(self, batch: dict[str, torch.Tensor]) -> ReasoningResult:
         opts = self.reasoning
+        layout = getattr(self.trainer.datamodule, "cot_layout", "official")
+        if layout != opts.layout:
+            raise ValueError(
+                f"{self.hparams.stage}: the data module's cot_layout is {layout!r} but reasoning.layout is "
+                f"{opts.layout!r}; set model.init_args.reasoning.layout: {layout}"
+            )
         if opts.decoder == "sample_rank":
             if self._lookup is None:
                 self._lookup = sid_lookup(self.trainer.datamodule.index)
@@ -73,7 +86,13 @@ class ReasoningSFTModule(SFTModule):
     def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> dict:
         if not self._reasoning_on(dataloader_idx):
             return self._direct_step(split, batch, dataloader_idx, batch_idx)
+        start = time.perf_counter()
         result = self.reason(batch)
+        self._seconds[split] += time.perf_counter() - start
+        self._top1[split] += result.items[:, 0].tolist()
+        if self.reasoning.layout == "short":
+            grounded = self.trainer.datamodule.grounded(batch["user"].tolist(), result.texts)
+            self.grounded_rates[split].update(torch.tensor(grounded, dtype=torch.float, device=self.device))
         self._metrics(split, 0).update(result.items, batch["target"])
         self.parse_rates[split].update(result.parsed.float().to(self.device))
         self.answer_rates[split].update(result.answered.float().to(self.device))
@@ -95,10 +114,16 @@ class ReasoningSFTModule(SFTModule):
     def _log_rates(self, split: str) -> None:
         rates = [("parse_rate", self.parse_rates[split]), ("answer_rate", self.answer_rates[split])]
         rates += [(f"parse_fail/{c}", self.failure_rates[f"{split}_{c}"]) for c in PARSE_FAILURES]
+        rates.append(("grounded_rate", self.grounded_rates[split]))
         for name, metric in rates:
             if metric.update_count:
                 self.log(f"{self.hparams.stage}/{split}/{name}", metric.compute())
                 metric.reset()
+        top1, seconds = self._top1[split], self._seconds[split]
+        if top1:
+            self.log(f"{self.hparams.stage}/{split}/distinct_top1", len(set(top1)) / len(top1))
+            self.log(f"{self.hparams.stage}/{split}/users_per_s", len(top1) / max(seconds, 1e-9))
+        self._top1[split], self._seconds[split] = [], 0.0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._eval_step("val", batch, batch_idx, dataloader_idx)

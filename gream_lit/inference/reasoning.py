@@ -30,6 +30,8 @@ from gream_lit.inference.sampling import Rollout, RolloutEngine, generation_conf
 
 ANSWER_OPEN = "<answer>"
 DECODERS = ("constrained", "sample_rank")
+LAYOUTS = ("official", "short")
+SHORT_OPEN, SHORT_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class ReasoningOptions:
 
     Args:
         decoder: ``constrained`` (reasoning, then trie-constrained beams) or ``sample_rank`` (official).
+        layout: ``official`` (think, rewrite, ``<answer>ID</answer>``) or ``short``
+            (``<think>thought</think>ID``, ``CurriculumDataModule(cot_layout="short")``): the thought
+            stops at ``</think>``, which is closed where the model did not within ``max_new_tokens``, and
+            the ID follows at once (``constrained`` only); ``think_prefix`` and ``forced_answer`` then
+            default to ``<think>`` and ``</think>``.
         max_new_tokens: reasoning budget per output (official: 1560).
         do_sample: sample the reasoning of ``constrained`` (``sample_rank`` always samples).
         temperature, top_p: sampling settings (official ``sample_rank``: 0.7, 0.9).
@@ -58,6 +65,7 @@ class ReasoningOptions:
     """
 
     decoder: str = "constrained"
+    layout: str = "official"
     max_new_tokens: int = 512
     do_sample: bool = False
     temperature: float = 0.7
@@ -66,18 +74,32 @@ class ReasoningOptions:
     num_beams: int = 10
     repetition_penalty: float = 1.0
     no_repeat_ngram: int = 0
-    think_prefix: str = "<think>\n"
-    forced_answer: str = "\n\n" + ANSWER_INTRO + ANSWER_OPEN
+    think_prefix: str | None = None
+    forced_answer: str | None = None
     forward_batch_size: int = 16
     answer_cache_tokens: int | None = 20_000
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown reasoning decoder {self.decoder!r}; expected one of {DECODERS}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown reasoning layout {self.layout!r}; expected one of {LAYOUTS}")
+        if self.layout == "short" and self.decoder != "constrained":
+            raise ValueError("reasoning layout 'short' answers with the constrained decoder only")
+        short = self.layout == "short"
+        if self.think_prefix is None:
+            object.__setattr__(self, "think_prefix", SHORT_OPEN if short else "<think>\n")
+        if self.forced_answer is None:
+            object.__setattr__(self, "forced_answer", SHORT_CLOSE if short else "\n\n" + ANSWER_INTRO + ANSWER_OPEN)
         if min(self.max_new_tokens, self.n, self.num_beams) < 1:
             raise ValueError(f"max_new_tokens, n and num_beams must be >= 1, got {asdict(self)}")
         if self.repetition_penalty <= 0 or self.no_repeat_ngram < 0:
             raise ValueError(f"repetition_penalty must be > 0 and no_repeat_ngram >= 0, got {asdict(self)}")
+
+    @property
+    def answer_open(self) -> str:
+        """Where the reasoning ends and the constrained ID begins."""
+        return SHORT_CLOSE if self.layout == "short" else ANSWER_OPEN
 
 
 # checkpoint hyperparameters hold it: let torch.load(weights_only=True) rebuild it
@@ -139,12 +161,12 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[
     return ids, mask
 
 
-def cut_at_answer(text: str, forced_answer: str) -> tuple[str, bool]:
-    """Reasoning up to and including the first ``<answer>``, and whether the model wrote it itself;
+def cut_at_answer(text: str, forced_answer: str, answer_open: str = ANSWER_OPEN) -> tuple[str, bool]:
+    """Reasoning up to and including the first ``answer_open``, and whether the model wrote it itself;
     otherwise the whole text with ``forced_answer`` appended."""
-    at = text.find(ANSWER_OPEN)
+    at = text.find(answer_open)
     if at >= 0:
-        return text[: at + len(ANSWER_OPEN)], True
+        return text[: at + len(answer_open)], True
     return text + forced_answer, False
 
 
@@ -165,7 +187,7 @@ def _generate(
         num_return_sequences=n,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=[ANSWER_OPEN] if stop else None,
+        stop_strings=[opts.answer_open] if stop else None,
         repetition_penalty=opts.repetition_penalty,
         use_cache=True,
     )
@@ -205,7 +227,7 @@ def reason_then_rank(
     prefix = tokenizer(opts.think_prefix, add_special_tokens=False)["input_ids"]
     ids, mask = append_tokens(input_ids, attention_mask, prefix)
     _, _, texts = _decode(engine, _generate(model, tokenizer, ids, mask, opts, opts.do_sample, 1, stop=True))
-    cut = [cut_at_answer(t, opts.forced_answer) for t in texts]
+    cut = [cut_at_answer(t, opts.forced_answer, opts.answer_open) for t in texts]
     rows = []
     for prompt, m, (reasoning, _) in zip(input_ids.tolist(), attention_mask.tolist(), cut):
         real = [tok for tok, keep in zip(prompt, m) if keep]
@@ -216,15 +238,21 @@ def reason_then_rank(
     )
     best = tokenizer.batch_decode(beams.tokens[:, 0], skip_special_tokens=False)
     eos = tokenizer.eos_token or ""
-    full = [reasoning + b.replace(eos, "") + "</answer>" for (reasoning, _), b in zip(cut, best)]
-    parsed = [parse_reasoning(t) for t in full]
+    answered = [ok for _, ok in cut]
+    if opts.layout == "short":
+        full = [reasoning + b.replace(eos, "") for (reasoning, _), b in zip(cut, best)]
+        ok, failures = answered, [None if a else "unclosed_think" for a in answered]
+    else:
+        full = [reasoning + b.replace(eos, "") + "</answer>" for (reasoning, _), b in zip(cut, best)]
+        parsed = [parse_reasoning(t) for t in full]
+        ok, failures = [p.ok for p in parsed], [p.failure for p in parsed]
     return ReasoningResult(
         items=beams.items,
         scores=beams.scores,
         texts=[opts.think_prefix + t for t in full],
-        parsed=torch.tensor([[p.ok] for p in parsed]),
-        answered=torch.tensor([[ok] for _, ok in cut]),
-        failures=failure_shares([p.failure for p in parsed], 1),
+        parsed=torch.tensor([[p] for p in ok]),
+        answered=torch.tensor([[a] for a in answered]),
+        failures=failure_shares(failures, 1),
     )
 
 
