@@ -360,7 +360,7 @@ def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) ->
 
 
 def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Path, monkeypatch) -> None:
-    """README, "A trained stage as a recommender": its code block, run as written against a tiny
+    """README, "Using a trained model": its code block, run as written against a tiny
     index -> align -> curriculum -> rl pipeline whose catalogue holds the raw ids the example uses."""
     import re
 
