@@ -15,7 +15,7 @@ test users of Scientific, once per lever, each added on top of the previous row:
 Agreement is against row 3 (the merged full-vocabulary search over the same prompts): the share of
 users whose top-10 lists are identical, and the share whose hit or miss at 10 is the same. For a model
 trained with ``logits_vocab: ids``, row 4 is its exact search and row 3 scores a distribution it never
-learned, so rows 3 and 4 are expected to differ (README, "Direct-mode evaluation on a CPU").
+learned, so rows 3 and 4 are expected to differ (docs/benchmarks.md, "Direct-mode evaluation on a CPU").
 
     python benchmarks/bench_eval_cpu.py --adapter runs/align_dense_scientific/version_0/hf/adapter --users 256
 """

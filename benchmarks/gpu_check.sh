@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-GPU health and speed check, one table at the end (about 4 minutes on one H100: see README, GPU):
+# One-GPU health and speed check, one table at the end (about 4 minutes on one H100: see docs/benchmarks.md, GPU):
 #   SFT step tokens/s and peak memory, ours vs a plain HF loop (bench_sft.py, bf16 autocast),
 #   constrained beam search users/s, ours vs HF generate (bench_beam.py, SmolLM2 only, to keep the run short),
 #     in bf16 for speed and in fp32 for agreement (bf16 noise can exceed the gaps between random-weight scores),

@@ -1,6 +1,6 @@
 """Is a MovieLens-100K val/test gap in the prompts or in the targets? Scores one stage hand-off on every
 user under four (history -> target) pairs: validation, test, the validation prompt with the test target,
-and a one-item-shorter prompt with the validation target (README, "What the quickstart does").
+and a one-item-shorter prompt with the validation target (docs/results.md, "The quickstart on MovieLens-100K").
 
     python benchmarks/ml100k_target_gap.py <run>/hf/adapter
 """

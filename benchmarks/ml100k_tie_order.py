@@ -3,8 +3,8 @@ ratings by timestamp, and equal timestamps by movie id (``data/readers/movielens
 ratings share a second, the test item is the highest movie id among them, and high ids are the catalogue's
 rarer films. Prints, for the test, validation and third-to-last positions: how often the item shares its
 timestamp with the one before it, how often its movie id is above 1,000, and how many training interactions
-(``seq[:-2]`` of every user, what the models learn from) the item has, tied and not tied (README, "What the
-quickstart does").
+(``seq[:-2]`` of every user, what the models learn from) the item has, tied and not tied (docs/results.md, "The
+quickstart on MovieLens-100K").
 
     python benchmarks/ml100k_tie_order.py
 """

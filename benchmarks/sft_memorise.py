@@ -2,7 +2,7 @@
 
 A diagnostic for learning rates, not a benchmark of speed: a model that cannot reproduce the answers of
 32 training prompts after ten passes will not generalise either. This is how ``token_lr`` was found
-(README, "What moved the number 9×").
+(docs/results.md, "What moved the number 9×").
 
     python benchmarks/sft_memorise.py --lr 1e-3                   # LoRA, ID-token rows at the LoRA rate
     python benchmarks/sft_memorise.py --lr 1e-3 --token_lr 3e-2   # ID-token rows at their own rate

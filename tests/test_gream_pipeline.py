@@ -13,6 +13,7 @@ import yaml
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.report import write_report
 from gream_lit.modeling.tiny import save_tiny_backbone
 
 N_ITEMS = 12
@@ -239,9 +240,10 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     assert done == {stage: (run / stage / "DONE").read_text() for stage in done}
 
 
-def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_differences(tmp_path: Path, capsys) -> None:
+def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_differences(tmp_path: Path) -> None:
     """index -> align (seqdense, compact prompts, ID-vocabulary softmax) -> rl (compact prompts, rollouts
-    and beam search over the ID vocabulary)."""
+    and beam search over the ID vocabulary), then its report: intervals, the index in its own table, and
+    charts that each show more than one value."""
     paths = write_inputs(tmp_path)
     exp = experiment(paths)
     exp["stages"]["align"]["model"]["init_args"].update(logits_vocab="ids", lr_schedule="linear")
@@ -263,10 +265,27 @@ def test_compact_dense_pipeline_writes_per_user_results_and_reports_paired_diffe
     for stage in ("align", "rl"):
         rows = [json.loads(line) for line in (run / stage / "test_per_user.jsonl").read_text().splitlines()]
         assert len(rows) == 4 and all(0 <= int(i) < N_ITEMS for r in rows for i in r["items"])
-    capsys.readouterr()
-    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--baseline", f"{run}:align"]) == 0
-    printed = capsys.readouterr().out
-    assert "| tiny_gream | rl | 4 | ndcg@10 |" in printed and "on 4 |" in printed
+
+    report = write_report([run], tmp_path / "report", baseline=f"{run}:align")
+    intervals = (tmp_path / "report" / "intervals.md").read_text()
+    assert "| tiny_gream | rl | 4 | ndcg@10 |" in intervals and "on 4 |" in intervals
+    assert "| tiny_gream | align | 4 | ndcg@10 |" in intervals and "(the baseline)" in intervals  # not against itself
+    assert "index" not in set(report.table["stage"]) and report.index["collision_rate_after"].tolist() == [0.0]
+    # the data behind every chart: no chart of a single bar, no line of a single point
+    charts = {c.file: c for c in report.charts}
+    for chart in report.charts:
+        for panel in chart.panels:
+            if chart.kind == "bar":
+                assert sum(len(s.x) for s in panel.series) >= 2, (chart.file, panel.title)
+            else:
+                assert all(len(s.x) >= 2 for s in panel.series), (chart.file, panel.title)
+    assert "comparison.png" not in charts  # one run: nothing to compare
+    # the alignment's two training steps make a loss curve; its one validation and SRPO's one update do not
+    assert [p.title for p in charts["curves_align.png"].panels] == ["train/loss by step", "train/loss by time"]
+    assert [s.x for s in charts["curves_align.png"].panels[0].series] == [[0, 1]]
+    assert (tmp_path / "report" / "curves_align.png").stat().st_size > 0
+    intervals_chart = charts["intervals.png"]  # align and rl per metric; rl's one difference is no chart
+    assert [p.title for p in intervals_chart.panels] == ["recall@10", "ndcg@10"]
 
 
 def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: Path, capsys) -> None:
@@ -360,7 +379,7 @@ def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) ->
 
 
 def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Path, monkeypatch) -> None:
-    """README, "A trained stage as a recommender": its code block, run as written against a tiny
+    """README, "Using a trained model": its code block, run as written against a tiny
     index -> align -> curriculum -> rl pipeline whose catalogue holds the raw ids the example uses."""
     import re
 

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.pipeline import PipelineError
-from gream_lit.experiment.report import flatten, mean_std, write_report
+from gream_lit.experiment.report import flatten, is_index_stage, mean_std, write_report
 
 
 def fake_run(root: Path, name: str, seed: int, ndcg: float, lr: float = 0.001) -> Path:
@@ -60,8 +60,7 @@ def test_report_groups_seeds_writes_table_plots_and_hparams(tmp_path):
     md = (out / "report.md").read_text()
     assert "| full | sasrec | test/ndcg@10 | 2 | - | 0.2000 ± 0.1414 (0.1 0.3) |" in md
     assert "| no_align | sasrec | test/ndcg@10 | 1 | - | 0.5000 |" in md
-    assert (out / "test_ndcg@10.png").stat().st_size > 0
-    assert (out / "curve_sasrec_val_ndcg@10.png").stat().st_size > 0
+    assert (out / "comparison.png").stat().st_size > 0 and (out / "curves_sasrec.png").stat().st_size > 0
     curves = pd.read_csv(out / "curves.csv")
     full = curves[curves["experiment"] == "full"].sort_values("step")
     # seeds 1 and 2 logged 0.1+s/10 and 0.3+s/10 at steps 0 and 10: mean 0.2 / 1.2, std sqrt(0.02)
@@ -87,3 +86,80 @@ def test_report_errors_name_the_problem(tmp_path):
         write_report([tmp_path / "runs"], tmp_path / "out", ["*/nothing/*"])
     with pytest.raises(PipelineError, match="neither a run directory"):
         write_report([tmp_path], tmp_path / "out")
+
+
+def shown_values(chart) -> list[int]:
+    """What each panel of a chart shows: the number of bars, or the points of its shortest line."""
+    if chart.kind == "bar":
+        return [sum(len(s.x) for s in panel.series) for panel in chart.panels]
+    return [min(len(s.x) for s in panel.series) for panel in chart.panels]
+
+
+def index_run(root: Path, name: str, seed: int, ndcg: float, losses: list[float]) -> Path:
+    """An index stage (its quality report as test metrics) then a sasrec stage whose TensorBoard file holds
+    a training loss at every step and a single validation point."""
+    run = fake_run(root, name, seed, ndcg)
+    exp = {"name": name, "stages": {"index": {"model": {}}, "sasrec": {"model": {}}}}
+    (run / "experiment.yaml").write_text(yaml.safe_dump(exp, sort_keys=False))
+    (run / "index").mkdir()
+    report = {
+        "index/test/collision_rate_after": 0.0,
+        "index/test/collision_rate_before": 0.25,
+        "index/test/items": 12.0,
+    }
+    (run / "index" / "metrics.json").write_text(json.dumps(report))
+    metrics = json.loads((run / "sasrec" / "metrics.json").read_text())
+    (run / "sasrec" / "metrics.json").write_text(json.dumps({**metrics, "sasrec/test/recall@10": 2 * ndcg}))
+    with SummaryWriter(str(run / "sasrec" / "tb2")) as writer:
+        for step, loss in enumerate(losses):
+            writer.add_scalar("sasrec/train/loss", loss, step)
+        writer.add_scalar("sasrec/val/recall@10", 0.5, 3)  # one validation: no line of it
+    return run
+
+
+def test_index_statistics_get_their_own_table_and_no_chart_shows_a_single_value(tmp_path):
+    runs = tmp_path / "runs"
+    index_run(runs, "full", 1, 0.1, [3.0, 2.0, 1.0])
+    index_run(runs, "full", 2, 0.3, [3.0, 1.0, 0.5])
+    index_run(runs, "small", 1, 0.5, [2.0, 1.5, 1.0])
+    result = write_report([runs], tmp_path / "out")
+
+    table = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert set(table["stage"]) == {"sasrec"}  # the index report is not a ranking metric
+    index = pd.read_csv(tmp_path / "out" / "index.csv")
+    assert (
+        list(index["experiment"]) == ["full", "full", "small"] and index["collision_rate_before"].tolist() == [0.25] * 3
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Metrics") < md.index("## Index statistics")
+    assert "| collision_rate_after | 0 | 0 | 0 |" in md.split("## Index statistics")[1]
+
+    charts = {c.file: c for c in result.charts}
+    assert sorted(charts) == ["comparison.png", "curves_sasrec.png"]
+    assert all(n >= 2 for c in result.charts for n in shown_values(c))
+    # spread only over seeds: full (2 seeds) has error bars, small (1 run) none
+    recall = next(p for p in charts["comparison.png"].panels if p.title == "test/recall@10")
+    (full, small) = recall.series
+    assert full.y == pytest.approx([0.4]) and full.err == pytest.approx([math.sqrt(0.08)]) and small.err is None
+    # learning curves: the loss against steps and against time; the single validation point is left out
+    curves = charts["curves_sasrec.png"]
+    assert [p.title for p in curves.panels] == [
+        "train/loss by step",
+        "train/loss by time",
+        "val/ndcg@10 by step",
+        "val/ndcg@10 by time",
+    ]
+    loss = curves.panels[0].series
+    assert [s.label for s in loss] == ["full (2 seeds)", "small"]
+    assert loss[0].x == [0, 1, 2] and loss[0].y == pytest.approx([3.0, 1.5, 0.75]) and loss[1].err is None
+    assert (tmp_path / "out" / "curves_sasrec.png").stat().st_size > 0
+
+    one = write_report([runs / "small_seed1"], tmp_path / "one")  # a single run: nothing to compare
+    assert [c.file for c in one.charts] == ["curves_sasrec.png"]
+    assert not (tmp_path / "one" / "comparison.png").exists()
+
+
+def test_index_stages_are_told_by_their_collision_rate():
+    assert is_index_stage({"index/test/collision_rate_after": 0.0}, "index")  # the k-means quality report
+    assert is_index_stage({"rqvae/test/collision_rate": 0.1, "rqvae/test/recon": 0.2}, "rqvae")  # RQ-VAE
+    assert not is_index_stage({"sasrec/test/ndcg@10": 0.1, "index/test/collision_rate": 0.0}, "sasrec")

@@ -25,7 +25,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("gream_lit.experiment.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
     "report": (
         "gream_lit.experiment.report",
-        "compare run directories: markdown/CSV table, bar plots, TensorBoard hparams",
+        "compare run directories: tables, learning curves, intervals, TensorBoard hparams",
     ),
     "teacher": (
         "gream_lit.curriculum.cot",

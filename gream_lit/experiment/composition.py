@@ -1,16 +1,11 @@
 """Config files composed with OmegaConf: ``include:`` pieces, merging, load-time interpolation.
 
-An experiment file (``pipeline``) and a single-stage LightningCLI config compose the same way:
-
-- any mapping may hold ``include: file.yaml`` (or a list): the files are merged under the mapping's own
-  keys; a path is relative to the including file, else to the nearest ``configs/`` folder above it
-  (``include: data/scientific.yaml`` from any experiment);
-- merging is OmegaConf's (mappings merge recursively, lists and scalars replace);
-- ``${...}`` is an OmegaConf interpolation resolved at load time (``${backbone}``, any top-level key,
-  ``${oc.env:HOME}``), except the references of a pipeline stage to its run directory and itself
-  (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``, ``${stage_name}``),
-  which pass through as written and are resolved when the stage starts (``pipeline.resolve_refs``); a
-  single-stage config that holds one is an error naming the file and the key.
+An experiment file (``pipeline``) and a single-stage LightningCLI config compose the same way: ``include:``
+pieces merged under a mapping's own keys (relative to the file, else to the nearest ``configs/``), OmegaConf's
+merge, and ``${...}`` interpolations resolved at load time, except a pipeline stage's references to its run
+directory and itself (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``,
+``${stage_name}``), which pass through as written for ``pipeline.resolve_refs``; a single-stage config that
+holds one is an error naming the file and the key. The grammar is described once, in docs/configs.md.
 """
 
 from __future__ import annotations

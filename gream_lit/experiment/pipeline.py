@@ -1,31 +1,9 @@
 """Run an experiment's stages in order in one run directory, resumably.
 
-An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a LightningCLI config
-(``model``, ``data``, ``trainer``, optional ``seed_everything``) plus two pipeline keys:
-
-- ``artifacts: {key: relative/path}``: files the stage writes into its own directory (the config
-  tells the module where, e.g. ``model.init_args.output_path: ${stage_dir}/index.json``);
-- ``${...}`` references, resolved just before the stage runs: ``${run_dir}``, ``${stage_dir}``,
-  ``${stage_name}`` (the stage's own name, so a piece that two stages include can name each one's metrics),
-  ``${stages.NAME.dir}`` (or ``.ckpt``: best checkpoint, ``.last_ckpt``), ``${stages.NAME.artifacts.KEY}``,
-  ``${stages.NAME.metrics.KEY}``, and ``${prev.…}`` for the nearest earlier *present* stage that has
-  the item, so dropping a stage hands the next one whatever the stage before it wrote. A default
-  follows ``|`` (``${prev.artifacts.adapter|null}``, parsed as YAML) for when no present stage has it;
-  an earlier stage that has not finished is always an error.
-
-- ``${artifacts.KEY}``: the stage's own declared artifact (``output_path: ${artifacts.index}``), so its
-  file name is written once.
-
-Any other ``${...}`` is an OmegaConf interpolation resolved when the file is loaded: ``${backbone}`` or any
-other top-level key, ``${oc.env:HOME}``. Merging is OmegaConf's too (mappings merge, lists replace).
-
-Any mapping may hold ``include: file.yaml`` (or a list): the files are merged under the mapping's own
-keys. A path is relative to the including file, else to the nearest ``configs/`` folder above it, so
-``include: data/scientific.yaml`` finds the shared dataset piece from any experiment. A top-level include
-makes an ablation (``include: gream_full.yaml`` + a few overrides); ``stages: {align: null}`` drops a stage.
-``defaults:`` is merged under every stage; top-level ``seed_everything`` (default 0) applies to stages
-lacking one, so a rerun of the same file gives the same metrics. Single-stage LightningCLI configs compose
-the same way (``compose_file``).
+An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a LightningCLI config plus
+``artifacts:`` and ``${...}`` references to earlier stages, resolved here just before the stage runs
+(``resolve_refs``). The grammar (includes, merging, ``defaults:``, every reference and its ``|`` default,
+dropping a stage) is described once, in docs/configs.md; composition is ``composition.py``'s job.
 
 Layout: ``<runs_root>/<name>/experiment.yaml`` and per stage ``<stage>/config.yaml`` (resolved),
 ``checkpoints/last.ckpt``, ``metrics.json`` and a ``DONE`` record. A rerun skips finished stages and

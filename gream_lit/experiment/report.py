@@ -1,17 +1,22 @@
 """Compare finished runs: ``python -m gream_lit report <run dirs> --out DIR [--baseline RUN[:STAGE]]``.
 
-Runs are grouped by experiment name (so seeds of one experiment pool into mean ± sample std) and
-written in long format, one row per experiment, stage (pipeline order) and metric with its number of
-runs and tested users, as ``report.md`` and ``report.csv``; one grouped bar chart per metric (stages on
-the x axis, a bar per experiment, std over seeds as error bars); validation learning curves from the
-stages' TensorBoard files (``curves.csv``, ``curve_<stage>_<metric>.png``: mean over seeds ± std); and
-a TensorBoard hparams view (``tensorboard --logdir DIR/tensorboard``) with each run's hyperparameters
-next to its metrics.
+Runs are grouped by experiment name, so seeds of one experiment pool into mean ± sample std (the spread is
+shown only where an experiment has several runs). ``report.md`` / ``report.csv``: one row per experiment,
+stage (pipeline order) and metric with its runs and tested users; index stages' quality statistics
+(collision rates, code usage, quantisation error) are a table of their own (``index.csv``, and a second
+table in ``report.md``). Charts, each written only where it shows more than one value:
 
-Stages that wrote per-user test results (``test_per_user.jsonl``) also get ``intervals.md`` /
-``intervals.csv``: each metric with its 95% bootstrap interval over users and the number of users,
-and, with ``--baseline``, the paired difference to the baseline on the users both scored, with its
-interval and a paired t-test; ``intervals_<metric>.png`` draws them with error bars.
+- ``curves_<stage>.png`` (data in ``curves.csv``): the stage's training loss and validation metrics from its
+  TensorBoard files, against steps and against the time since its first logged value; lines of one point are
+  left out, and a ± std band appears only over several seeds;
+- ``comparison.png``: with several runs, the headline test metrics by stage, one bar per experiment;
+- ``intervals.png`` (with ``intervals.md`` / ``intervals.csv``, for stages that wrote per-user test results):
+  each metric with its 95% bootstrap interval over users and, with ``--baseline``, the paired difference to
+  the baseline on the users both scored, with its interval and a paired t-test; the baseline is not
+  compared with itself.
+
+A TensorBoard hparams view (``tensorboard --logdir DIR/tensorboard``) holds each run's hyperparameters next to
+its metrics. Described for users in docs/configs.md, "Reports".
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ from gream_lit.experiment.pipeline import PipelineError
 
 DEFAULT_METRICS = ("*/test/*",)
 INTERVAL_METRICS = ("recall@10", "ndcg@10")
-CURVE_METRICS = ("val/ndcg@10", "val/recall@10", "val/reward")
+CURVE_METRICS = ("train/loss", "train/pg_loss", "val/ndcg@10", "val/recall@10", "val/reward")
+COMPARISON_METRICS = ("test/recall@10", "test/ndcg@10")
+# an index stage reports its collision rate: the quality report (k-means stages) or the RQ-VAE module
+INDEX_MARKERS = ("test/collision_rate_after", "test/collision_rate")
 
 
 @dataclass
@@ -183,6 +191,83 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_index_stage(metrics: Mapping[str, float], stage: str) -> bool:
+    """An index stage tests its codes (collision rate, code usage), not a ranking."""
+    return any(f"{stage}/{marker}" in metrics for marker in INDEX_MARKERS)
+
+
+def split_index_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(ranking metrics, index statistics): an index stage's numbers describe codes, not rankings, so they
+    get their own table."""
+    index_keys = {k for k in metrics if any(is_index_stage(r.metrics, split_key(k)[0]) for r in runs)}
+    return [k for k in metrics if k not in index_keys], [k for k in metrics if k in index_keys]
+
+
+def index_table(runs: Sequence[Run], keys: Sequence[str]) -> pd.DataFrame:
+    """One row per (run, index stage), one column per statistic (``collision_rate_after``, ...)."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for run in runs:
+        for key in keys:
+            if key in run.metrics:
+                stage, metric = split_key(key)
+                row = rows.setdefault((run.experiment, run.path.name, stage), {})
+                row[metric.removeprefix("test/")] = run.metrics[key]
+    return pd.DataFrame([{"experiment": e, "run": r, "stage": s, **values} for (e, r, s), values in rows.items()])
+
+
+def index_markdown(table: pd.DataFrame) -> str:
+    """The index table transposed: one line per statistic, one column per (run, stage)."""
+    columns = [f"{r['experiment']}/{r['stage']} ({r['run']})" for _, r in table.iterrows()]
+    stat_names = [c for c in table.columns if c not in ("experiment", "run", "stage")]
+    lines = ["| statistic | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name in stat_names:
+        cells = ["-" if pd.isna(v) else f"{v:.4g}" for v in table[name]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Series:
+    """One line (x, y) or one set of bars (x = labels) of a panel; ``err`` is the error bar or band."""
+
+    label: str
+    x: list
+    y: list[float]
+    err: list | None = None
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series]
+
+
+@dataclass
+class Chart:
+    """What one PNG shows, kept so that the data behind every figure can be checked."""
+
+    file: str
+    kind: str  # "line" or "bar"
+    title: str
+    panels: list[Panel]
+
+
+def informative(panel: Panel, kind: str) -> Panel | None:
+    """The panel without what a chart cannot show: a line of one point, or a bar chart of one bar."""
+    if kind == "line":
+        series = [s for s in panel.series if len(s.x) >= 2]
+        return Panel(panel.title, panel.xlabel, panel.ylabel, series) if series else None
+    return panel if sum(len(s.x) for s in panel.series) >= 2 else None
+
+
+def make_chart(file: str, kind: str, title: str, panels: Sequence[Panel]) -> Chart | None:
+    """A chart of the informative panels, or None when none is left."""
+    kept = [q for q in (informative(p, kind) for p in panels) if q is not None]
+    return Chart(file, kind, title, kept) if kept else None
+
+
 def _pyplot():
     import matplotlib
 
@@ -192,104 +277,134 @@ def _pyplot():
     return plt
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], err, title: str, ylabel: str, path: Path) -> Path:
-    """One bar per label with error bars (``err``: symmetric values or a ``[2, n]`` low/high array)."""
+def draw(chart: Chart, out: Path) -> Path:
+    """Render a chart: panels side by side, two per row; lines with ± bands, or grouped bars."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 1.5), 3.5))
-    ax.bar(list(labels), list(values), yerr=err, capsize=4, color="tab:blue")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    cols = min(2, len(chart.panels))
+    rows = math.ceil(len(chart.panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.4 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, chart.panels):
+        if chart.kind == "line":
+            for s in panel.series:
+                ax.plot(s.x, s.y, marker="o", markersize=3, label=s.label)
+                if s.err is not None:
+                    low = [y - e for y, e in zip(s.y, s.err)]
+                    high = [y + e for y, e in zip(s.y, s.err)]
+                    ax.fill_between(s.x, low, high, alpha=0.2)
+        else:
+            labels = list(dict.fromkeys(x for s in panel.series for x in s.x))
+            width = 0.8 / len(panel.series)
+            for k, s in enumerate(panel.series):
+                xs = [labels.index(x) + (k - (len(panel.series) - 1) / 2) * width for x in s.x]
+                err = np.array(s.err).T if s.err and isinstance(s.err[0], list) else s.err
+                ax.bar(xs, s.y, width, yerr=err, capsize=3, label=s.label)
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+            ax.set_xticks(range(len(labels)), labels)
+            plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        ax.set_title(panel.title, fontsize="medium")
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        if len(panel.series) > 1:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(chart.panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(chart.title)
     fig.tight_layout()
+    path = out / chart.file
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def grouped_bar_chart(table: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Stages on the x axis (pipeline order), one bar per experiment in each, error bars = std over seeds."""
-    plt = _pyplot()
-    part = table[table["metric"] == metric]
-    stages = list(dict.fromkeys(part["stage"]))
-    experiments = list(dict.fromkeys(part["experiment"]))
-    width = 0.8 / len(experiments)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(stages) * max(1, len(experiments) / 2) + 2), 3.8))
-    for k, exp in enumerate(experiments):
-        rows = part[part["experiment"] == exp].set_index("stage")
-        xs = [i + (k - (len(experiments) - 1) / 2) * width for i, st in enumerate(stages) if st in rows.index]
-        present = [st for st in stages if st in rows.index]
-        ax.bar(xs, rows.loc[present, "mean"], width, yerr=rows.loc[present, "std"], capsize=3, label=exp)
-    ax.set_xticks(range(len(stages)), stages)
-    ax.set_title(f"{metric} by stage (error bars: std over seeds)")
-    ax.set_ylabel(metric.rsplit("/", 1)[-1])
-    if len(experiments) > 1:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_metrics(table: pd.DataFrame, out: Path) -> list[Path]:
-    """One grouped bar chart per metric (``test/ndcg@10``, ...), every stage and experiment in it."""
-    return [
-        grouped_bar_chart(table, metric, out / f"{re.sub(r'[^A-Za-z0-9@._-]+', '_', metric)}.png")
-        for metric in dict.fromkeys(table["metric"])
-    ]
+def comparison_chart(table: pd.DataFrame, metrics: Sequence[str] = COMPARISON_METRICS) -> Chart | None:
+    """Stages on the x axis, one bar per experiment, a panel per headline metric; error bars (std over
+    seeds) only for experiments with several runs."""
+    present = [m for m in metrics if m in set(table["metric"])] or list(dict.fromkeys(table["metric"]))[:2]
+    panels = []
+    for metric in present:
+        part = table[table["metric"] == metric]
+        series = []
+        for exp, rows in part.groupby("experiment", sort=False):
+            seeds = int(rows["runs"].max())
+            series.append(
+                Series(
+                    f"{exp} (mean ± std over {seeds} seeds)" if seeds > 1 else exp,
+                    list(rows["stage"]),
+                    rows["mean"].tolist(),
+                    rows["std"].tolist() if seeds > 1 else None,
+                )
+            )
+        panels.append(Panel(metric, "stage", metric.rsplit("/", 1)[-1], series))
+    return make_chart("comparison.png", "bar", "runs compared", panels)
 
 
 def learning_curves(runs: Sequence[Run], tags: Sequence[str] = CURVE_METRICS) -> pd.DataFrame:
-    """Validation curves from the stages' TensorBoard files: (experiment, stage, metric, step) rows with
-    the mean and std over seeds of the value logged at that step."""
+    """Training loss and validation curves from the stages' TensorBoard files: (experiment, stage, metric,
+    step) rows with the mean and std over seeds of the value logged at that step, and ``time_s``, the mean
+    seconds since the stage's first logged scalar."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rows = []
     for run in runs:
         for stage in run.stages:
+            stage_rows = []
             for events in sorted((run.path / stage).rglob("events.out.tfevents.*")):
                 acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
                 acc.Reload()
                 for tag in acc.Tags()["scalars"]:
                     stage_of, metric = split_key(tag)
                     if stage_of == stage and metric in tags:
-                        rows += [
+                        stage_rows += [
                             {
                                 "experiment": run.experiment,
                                 "run": run.path.name,
                                 "stage": stage,
                                 "metric": metric,
                                 "step": e.step,
+                                "wall": e.wall_time,
                                 "value": e.value,
                             }
                             for e in acc.Scalars(tag)
                         ]
+            start = min((r["wall"] for r in stage_rows), default=0.0)
+            rows += [{**r, "time_s": r.pop("wall") - start} for r in stage_rows]
+    columns = ["experiment", "stage", "metric", "step", "mean", "std", "runs", "time_s"]
     if not rows:
-        return pd.DataFrame(columns=["experiment", "stage", "metric", "step", "mean", "std", "runs"])
+        return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows).groupby(["experiment", "stage", "metric", "step", "run"], sort=False).last()
-    grouped = frame.groupby(["experiment", "stage", "metric", "step"], sort=False)["value"]
-    curves = grouped.agg(["mean", "count"]).join(grouped.std(ddof=1).fillna(0.0).rename("std"))
-    return curves.rename(columns={"count": "runs"}).reset_index()
+    grouped = frame.groupby(["experiment", "stage", "metric", "step"], sort=False)
+    curves = grouped["value"].agg(["mean", "count"]).join(grouped["value"].std(ddof=1).fillna(0.0).rename("std"))
+    curves = curves.join(grouped["time_s"].mean())
+    return curves.rename(columns={"count": "runs"}).reset_index()[columns]
 
 
-def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
-    """One figure per (stage, metric): each experiment's mean curve over seeds with a ± std band."""
-    plt = _pyplot()
-    paths = []
-    for (stage, metric), part in curves.groupby(["stage", "metric"], sort=False):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        for exp, line in part.groupby("experiment", sort=False):
-            line = line.sort_values("step")
-            ax.plot(line["step"], line["mean"], marker="o", label=f"{exp} ({int(line['runs'].max())} runs)")
-            ax.fill_between(line["step"], line["mean"] - line["std"], line["mean"] + line["std"], alpha=0.2)
-        ax.set_title(f"{stage}: {metric}")
-        ax.set_xlabel("training step")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = out / f"curve_{stage}_{re.sub(r'[^A-Za-z0-9@._-]+', '_', metric)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+def curve_charts(curves: pd.DataFrame) -> list[Chart]:
+    """One chart per stage: each curve metric against steps and against minutes, a line per experiment
+    (a ± std band where it has several seeds); lines of one point are left out."""
+    charts = []
+    for stage, part in curves.groupby("stage", sort=False):
+        scale, unit = (60.0, "minutes") if part["time_s"].max() > 120 else (1.0, "seconds")
+        panels = []
+        by_metric = dict(tuple(part.groupby("metric", sort=False)))
+        for metric in sorted(
+            by_metric, key=lambda m: CURVE_METRICS.index(m) if m in CURVE_METRICS else len(CURVE_METRICS)
+        ):
+            lines = by_metric[metric]
+            for axis, xlabel in (("step", "training step"), ("time_s", f"{unit} since the stage's first logged value")):
+                series = []
+                for exp, line in lines.groupby("experiment", sort=False):
+                    line = line.sort_values("step")
+                    seeds = int(line["runs"].max())
+                    x = line[axis].tolist() if axis == "step" else (line[axis] / scale).tolist()
+                    err = line["std"].tolist() if seeds > 1 else None
+                    series.append(Series(f"{exp} ({seeds} seeds)" if seeds > 1 else exp, x, line["mean"].tolist(), err))
+                panels.append(Panel(f"{metric} by {axis.removesuffix('_s')}", xlabel, metric, series))
+        chart = make_chart(
+            f"curves_{re.sub(r'[^A-Za-z0-9@._-]+', '_', stage)}.png", "line", f"{stage}: learning curves", panels
+        )
+        if chart is not None:
+            charts.append(chart)
+    return charts
 
 
 def log_hparams(runs: Sequence[Run], out: Path) -> None:
@@ -318,8 +433,22 @@ def per_user_ranks(run_dir: Path, stage: str) -> dict[str, int] | None:
     return ranks
 
 
-def parse_baseline(spec: str) -> tuple[str, dict[str, int]]:
-    """``RUN`` or ``RUN:STAGE`` -> (label, per-user ranks); RUN alone must have one stage with results."""
+@dataclass
+class Baseline:
+    """The run and stage paired differences are taken against, with its per-user ranks."""
+
+    label: str
+    run_dir: Path
+    stage: str
+    ranks: dict[str, int]
+
+    def is_row(self, run: Run, stage: str) -> bool:
+        """Whether ``stage`` of ``run`` is the baseline itself (no difference with itself is reported)."""
+        return stage == self.stage and run.path.resolve() == self.run_dir.resolve()
+
+
+def parse_baseline(spec: str) -> Baseline:
+    """``RUN`` or ``RUN:STAGE``; RUN alone must have one stage with per-user results."""
     path, _, stage = spec.partition(":")
     run_dir = Path(path)
     if not (run_dir / "experiment.yaml").is_file():
@@ -333,16 +462,17 @@ def parse_baseline(spec: str) -> tuple[str, dict[str, int]]:
             f"--baseline {spec}: name one stage as RUN:STAGE; stages with per-user results: {list(found)}"
         )
     ((name, ranks),) = found.items()
-    return f"{run_dir.name}/{name}", ranks
+    return Baseline(f"{run_dir.name}/{name}", run_dir, name, ranks)
 
 
 def interval_rows(
     runs: Sequence[Run],
     metrics: Sequence[str] = INTERVAL_METRICS,
-    baseline: tuple[str, dict[str, int]] | None = None,
+    baseline: Baseline | None = None,
     n_boot: int = 2000,
 ) -> pd.DataFrame:
-    """One row per (run, stage with per-user results, metric), in pipeline order."""
+    """One row per (run, stage with per-user results, metric), in pipeline order; the baseline's own row
+    has ``is_baseline`` set and no difference."""
     rows = []
     for run in runs:
         for stage in run.stages:
@@ -362,16 +492,17 @@ def interval_rows(
                     "mean": ci.mean,
                     "low": ci.low,
                     "high": ci.high,
+                    "is_baseline": baseline is not None and baseline.is_row(run, stage),
                 }
-                if baseline is not None:
-                    shared, a, b = stats.align(ranks, baseline[1])
+                if baseline is not None and not row["is_baseline"]:
+                    shared, a, b = stats.align(ranks, baseline.ranks)
                     if len(shared) >= 2:
                         cmp = stats.paired_comparison(
                             stats.rank_metric(a, metric), stats.rank_metric(b, metric), n_boot=n_boot
                         )
                         row.update(
                             {
-                                "baseline": baseline[0],
+                                "baseline": baseline.label,
                                 "paired_users": len(shared),
                                 "diff": cmp.diff.mean,
                                 "diff_low": cmp.diff.low,
@@ -398,10 +529,12 @@ def intervals_markdown(table: pd.DataFrame) -> str:
             f"{stats.fmt(r['mean'])} [{stats.fmt(r['low'])}, {stats.fmt(r['high'])}]",
         ]
         if has_base:
-            if isinstance(r.get("baseline"), str):
+            if r["is_baseline"]:
+                cells += ["(the baseline)", "-"]
+            elif isinstance(r.get("baseline"), str):
                 cells += [
                     f"{stats.fmt(r['diff'])} [{stats.fmt(r['diff_low'])}, {stats.fmt(r['diff_high'])}] "
-                    f"on {r['paired_users']}",
+                    f"on {int(r['paired_users'])}",
                     f"{r['p_value']:.2g}",
                 ]
             else:
@@ -413,17 +546,32 @@ def intervals_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def plot_intervals(table: pd.DataFrame, out: Path) -> list[Path]:
-    """One bar chart per metric: every (run, stage) with its interval as the error bar."""
-    paths = []
+def interval_chart(table: pd.DataFrame) -> Chart | None:
+    """Per metric: each (experiment, stage) with its 95% bootstrap interval over users and, with a
+    baseline, each paired difference with its interval (the baseline itself left out)."""
+    panels = []
     for metric, part in table.groupby("metric", sort=False):
         labels = [f"{e}/{s}" for e, s in zip(part["experiment"], part["stage"])]
-        err = np.vstack([part["mean"] - part["low"], part["high"] - part["mean"]])
-        title = f"{metric}, 95% bootstrap interval over users"
-        paths.append(
-            bar_chart(labels, part["mean"], err, title, metric, out / f"intervals_{metric.replace('@', '_at_')}.png")
-        )
-    return paths
+        err = [[m - lo, hi - m] for m, lo, hi in zip(part["mean"], part["low"], part["high"])]
+        series = [Series("95% bootstrap interval over users", labels, part["mean"].tolist(), err)]
+        panels.append(Panel(metric, "", metric, series))
+        if "diff" in part:
+            paired = part[part["diff"].notna()]
+            labels = [f"{e}/{s}" for e, s in zip(paired["experiment"], paired["stage"])]
+            err = [[d - lo, hi - d] for d, lo, hi in zip(paired["diff"], paired["diff_low"], paired["diff_high"])]
+            diff = Series("paired difference, 95% interval", labels, paired["diff"].tolist(), err)
+            base = paired["baseline"].iloc[0] if len(paired) else ""
+            panels.append(Panel(f"{metric} − {base}", "", "difference", [diff]))
+    return make_chart("intervals.png", "bar", "test metrics with 95% intervals", panels)
+
+
+@dataclass
+class Report:
+    """What ``write_report`` wrote: the metric table, the index table and every chart's data."""
+
+    table: pd.DataFrame
+    index: pd.DataFrame
+    charts: list[Chart]
 
 
 def write_report(
@@ -431,8 +579,8 @@ def write_report(
     out: str | Path,
     patterns: Sequence[str] = DEFAULT_METRICS,
     baseline: str | None = None,
-) -> pd.DataFrame:
-    """Everything ``report`` writes; returns the aggregated table."""
+) -> Report:
+    """Everything ``report`` writes."""
     runs = find_runs(paths)
     metrics = select_metrics(runs, patterns)
     if not metrics:
@@ -440,22 +588,31 @@ def write_report(
         raise PipelineError(f"no metric matches {list(patterns)}; the runs logged {known}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = aggregate(runs, metrics)
-    (out / "report.md").write_text(to_markdown(table))
+    ranking, index_keys = split_index_metrics(runs, metrics)
+    table = aggregate(runs, ranking)
+    index = index_table(runs, index_keys)
+    markdown = "## Metrics\n\n" + to_markdown(table)
+    if not index.empty:
+        markdown += "\n## Index statistics\n\n" + index_markdown(index)
+        index.to_csv(out / "index.csv", index=False)
+    (out / "report.md").write_text(markdown)
     table.to_csv(out / "report.csv", index=False)
-    plot_metrics(table, out)
+    charts = [comparison_chart(table)] if len(runs) > 1 and not table.empty else []
     curves = learning_curves(runs)
     if not curves.empty:
         curves.to_csv(out / "curves.csv", index=False)
-        plot_curves(curves, out)
+        charts += curve_charts(curves)
     log_hparams(runs, out)
     base = parse_baseline(baseline) if baseline else None
     intervals = interval_rows(runs, baseline=base)
     if not intervals.empty:
         (out / "intervals.md").write_text(intervals_markdown(intervals))
         intervals.to_csv(out / "intervals.csv", index=False)
-        plot_intervals(intervals, out)
-    return table
+        charts.append(interval_chart(intervals))
+    charts = [c for c in charts if c is not None]
+    for chart in charts:
+        draw(chart, out)
+    return Report(table, index, charts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

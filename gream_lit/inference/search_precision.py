@@ -2,10 +2,10 @@
 
 On CPUs with AVX512-BF16 or AMX, bfloat16 matrix products run at about twice the fp32 rate; the beam
 search over SmolLM2 served 2.3x the users per second on this project's 2-core machine with the same
-hits at 10 (README, "Direct-mode evaluation on a CPU"). The copy leaves the trained fp32 weights
+hits at 10 (docs/benchmarks.md, "Direct-mode evaluation on a CPU"). The copy leaves the trained fp32 weights
 untouched (casting them in place and back would round them), and costs half the model's memory for
 the length of the test. The scores are bfloat16 log-probs, so near-ties may swap places in a list;
-the README reports how often that changes a metric.
+docs/benchmarks.md reports how often that changes a metric.
 """
 
 from __future__ import annotations

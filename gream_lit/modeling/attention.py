@@ -3,7 +3,7 @@
 Length bucketing gives each batch its own padded length. PyTorch's cuDNN SDPA backend builds and caches
 an execution graph per new shape, about 2 ms of host time per layer call: measured on an H200 with
 SmolLM2's shape, a bucketed SFT step took 0.235 s with it and 0.109 s with the memory-efficient kernel
-(a profile of the ``bench_sft.py`` steps; README, "GPU"). The flash and memory-efficient kernels have no per-shape cost.
+(a profile of the ``bench_sft.py`` steps; docs/benchmarks.md, "GPU"). The flash and memory-efficient kernels have no per-shape cost.
 """
 
 from __future__ import annotations
