@@ -48,6 +48,7 @@ class Run:
     hparams: dict[str, Any]
     metrics: dict[str, float]
     stages: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # finished stages whose metrics.json is gone
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,6 +78,7 @@ def load_run(path: Path) -> Run:
     exp = yaml.safe_load((path / "experiment.yaml").read_text())
     hparams: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    missing = []
     for stage in exp.get("stages") or {}:
         stage_dir = path / stage
         if (stage_dir / "config.yaml").is_file():
@@ -86,7 +88,26 @@ def load_run(path: Path) -> Run:
                 hparams.update(class_hparams(cfg.get(part), f"{stage}.{part}"))
         if (stage_dir / "metrics.json").is_file():
             metrics.update(json.loads((stage_dir / "metrics.json").read_text()))
-    return Run(path, str(exp.get("name", path.name)), hparams, metrics, tuple(exp.get("stages") or ()))
+        elif (stage_dir / "DONE").is_file():
+            missing.append(stage)
+    stages = tuple(exp.get("stages") or ())
+    return Run(path, str(exp.get("name", path.name)), hparams, metrics, stages, tuple(missing))
+
+
+def provenance_note(runs: Sequence[Run]) -> str:
+    """Where the numbers come from, and which finished stages have none (their rows are absent)."""
+    lines = [
+        "Metrics are each stage's test at the end of its fit (`<stage>/metrics.json`, per-user "
+        "`<stage>/test_per_user.jsonl`); re-tests (`test <run>`) write to `<stage>/eval_*/` and are not in "
+        "this report."
+    ]
+    lines += [
+        f"- {run.path}: stage {stage!r} finished but {run.path / stage / 'metrics.json'} is missing; "
+        "its rows are absent"
+        for run in runs
+        for stage in run.missing
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -441,7 +462,7 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs, metrics)
-    (out / "report.md").write_text(to_markdown(table))
+    (out / "report.md").write_text(to_markdown(table) + "\n" + provenance_note(runs))
     table.to_csv(out / "report.csv", index=False)
     plot_metrics(table, out)
     curves = learning_curves(runs)
