@@ -216,3 +216,11 @@ def test_items_without_any_text_are_counted_and_logged(tmp_path, caplog):
     assert re.search(
         r"2 of 4 items have no text \(title, description, brand, categories all empty\), e\.g\. 1, 2", caplog.text
     )
+
+
+def test_repeated_records_in_a_raw_metadata_dump_are_counted(tmp_path, caplog):
+    meta = tmp_path / "meta_X.json"
+    meta.write_text("".join(json.dumps({"asin": a, "title": a}) + "\n" for a in ("A", "B", "A")))
+    with caplog.at_level(logging.WARNING):
+        assert set(read_meta(meta, "amazon18")) == {"A", "B"}
+    assert "1 records repeat an item id already read (e.g. A)" in caplog.text

@@ -92,6 +92,10 @@ def test_a_truncated_best_checkpoint_is_named(finished, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(PipelineError, match=rf"{ckpt}: changed since stage 'first' wrote it \(size \d+ -> 100"):
         main(["test", str(run), "--stage", "first"])
+    done = run / "first" / "DONE"  # a record from before fingerprints: the archive itself is checked
+    done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "fingerprints"}))
+    with pytest.raises(PipelineError, match=rf"{ckpt}: stage 'first''s best checkpoint is missing or cut short"):
+        main(["test", str(run), "--stage", "first"])
 
 
 def test_index_build_into_a_finished_stage_is_refused(finished):
