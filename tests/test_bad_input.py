@@ -181,3 +181,46 @@ def test_zero_batch_sizes_fail_when_the_data_module_is_built(field):
 
     with pytest.raises(DataError, match=f"{field} must be at least 1, got 0"):
         SeqRecDataModule(data_dir="unused", **{field: 0})
+
+
+@pytest.mark.parametrize(
+    ("inter", "items", "message"),
+    [
+        ('{"0": [0, 1, 2], "0": [1, 2, 3]}', None, r"D\.inter\.json: key '0' appears twice"),
+        (
+            '{"0": [0, 1, 2]}',
+            '{"0": {"title": "a"}, "1": {"title": "b"}, "0": {"title": "c"}}',
+            r"D\.item\.json: key '0'",
+        ),
+    ],
+)
+def test_duplicate_user_or_item_keys_name_the_file_and_key(tmp_path, inter, items, message):
+    folder = write_lcrec(tmp_path, inter, items or ITEMS)
+    with pytest.raises(DataError, match=message):
+        load_catalog(folder, "lcrec")
+
+
+def test_a_movie_listed_twice_in_u_item_is_named(tmp_path):
+    (tmp_path / "u.data").write_text("1\t5\t3\t100\n1\t5\t3\t101\n1\t5\t3\t102\n")
+    row = "|Five (1990)|||u|" + "|".join(["0"] * 19) + "\n"
+    (tmp_path / "u.item").write_text("5" + row + "5" + row)
+    with pytest.raises(DataError, match=r"u\.item: line 2: movie id '5' appears twice"):
+        load_catalog(tmp_path, "movielens")
+
+
+def test_items_without_any_text_are_counted_and_logged(tmp_path, caplog):
+    items = {**ITEMS, "1": {"title": ""}, "2": {"description": None}}
+    folder = write_lcrec(tmp_path, {"0": [0, 1, 2, 3]}, items)
+    with caplog.at_level(logging.WARNING):
+        load_catalog(folder, "lcrec")
+    assert re.search(
+        r"2 of 4 items have no text \(title, description, brand, categories all empty\), e\.g\. 1, 2", caplog.text
+    )
+
+
+def test_repeated_records_in_a_raw_metadata_dump_are_counted(tmp_path, caplog):
+    meta = tmp_path / "meta_X.json"
+    meta.write_text("".join(json.dumps({"asin": a, "title": a}) + "\n" for a in ("A", "B", "A")))
+    with caplog.at_level(logging.WARNING):
+        assert set(read_meta(meta, "amazon18")) == {"A", "B"}
+    assert "1 records repeat an item id already read (e.g. A)" in caplog.text

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from config_snapshot import finish_all
 
-from gream_lit.experiment.composition import compose_file, composed_config_args
+from gream_lit.experiment.composition import compose_file, composed_config_args, is_pipeline_file
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import PipelineError, RunDir, is_pipeline_file, load_experiment, stage_config
+from gream_lit.experiment.pipeline import PipelineError, RunDir, load_experiment, stage_config
 from gream_lit.indexing.cli import _apply_config, _parser
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -198,7 +198,7 @@ def test_two_stages_hand_off_rerun_skips_and_test_on_run_dir(tmp_path, capsys):
     assert (run / "second" / "starts.txt").read_text() == "0\n"
 
     assert main(["test", str(run), "--stage", "second"]) == 0
-    tested = json.loads((run / "second" / "test_metrics.json").read_text())
+    tested = json.loads((run / "second" / "eval_direct" / "test_metrics.json").read_text())
     assert tested["second/test/loss"] == pytest.approx(metrics["second/test/loss"])
 
     saved = (run / "experiment.yaml").read_text()
@@ -225,7 +225,7 @@ def test_a_copied_run_directory_is_a_run_of_its_own(tmp_path):
 
     assert main(["test", str(b), "--stage", "second"]) == 0
     assert sorted((p, p.stat().st_mtime_ns) for p in a.rglob("*")) == before  # nothing written into A
-    assert (b / "second" / "test_metrics.json").is_file()
+    assert (b / "second" / "eval_direct" / "test_metrics.json").is_file()
     for stage in ("first", "second"):
         text = (b / stage / "config.yaml").read_text() + (b / stage / "DONE").read_text()
         assert str(a) not in text and str(b) in text
@@ -277,7 +277,10 @@ def test_an_empty_done_record_and_a_deleted_artifact_are_clear_errors(tmp_path):
     assert main(["fit", "--config", str(exp), "--run_dir", str(tmp_path / "runs" / "again")]) == 0
     (tmp_path / "runs" / "again" / "first" / "weights.pt").unlink()  # a deleted hand-off
     (tmp_path / "runs" / "again" / "second" / "DONE").unlink()
-    with pytest.raises(PipelineError, match=r"artifact 'weights' at .*weights\.pt, which no longer exists; delete"):
+    with pytest.raises(
+        PipelineError,
+        match=r"weights\.pt: stage 'first' wrote it, but it no longer exists; restore it, or delete .*first/DONE",
+    ):
         main(["fit", "--config", str(exp), "--run_dir", str(tmp_path / "runs" / "again")])
 
 

@@ -22,6 +22,7 @@ from gream_lit.curriculum.teachers import (
     build_teacher,
     build_user_side_info,
 )
+from gream_lit.curriculum.teachers.openai_compat import redact
 from gream_lit.curriculum.teachers.prompts import COT_STEP_HEADERS, cot_messages, parse_item_blocks
 from gream_lit.data.catalog import Catalog
 from gream_lit.modeling.tiny import tiny_causal_lm
@@ -116,6 +117,9 @@ class FlakyAPI(BaseHTTPRequestHandler):
             return self._send(500 if text == "err500" else 503, b'{"error": "busy"}')
         if text == "bad":
             return self._send(400, b'{"error": "bad request"}')
+        if text == "echo_auth":  # a proxy that echoes the request's headers into its error page
+            page = {"error": "unauthorized", "headers": dict(self.headers), "padding": "x" * 3000}
+            return self._send(401, json.dumps(page).encode())
         if text == "garbled" and n == 1:
             return self._send(200, b'{"choices": [')
         self._send(200, json.dumps({"choices": [{"message": {"content": f"echo {text}"}}]}).encode())
@@ -171,6 +175,17 @@ def test_openai_client_errors_are_not_retried_and_key_comes_from_env(api, monkey
         keyed.complete(msgs("ok"))
     monkeypatch.setenv("GREAM_TEST_KEY", "sekrit")
     assert keyed.complete(msgs("ok")) == "echo ok" and FlakyAPI.auth[-1] == "Bearer sekrit"
+
+
+def test_a_server_echoing_the_key_in_its_error_gets_it_redacted_and_cut(api, monkeypatch):
+    monkeypatch.setenv("GREAM_TEST_KEY", "sk-sekrit-123")
+    keyed = OpenAITeacher("m", base_url=api, api_key_env="GREAM_TEST_KEY", max_retries=0)
+    with pytest.raises(TeacherError, match="HTTP 401") as err:
+        keyed.complete(msgs("echo_auth"))
+    text = str(err.value)
+    assert "sk-sek" not in text and "unauthorized" in text  # redacted before it is cut
+    assert "more characters" in text and len(text) < 1000
+    assert redact("token=abc api_key: sk-1 Bearer xyz", ["abc"]) == "token=*** api_key: *** Bearer ***"
 
 
 def test_a_server_that_never_answers_is_reported_in_seconds():

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from lightning.pytorch.loggers import TensorBoardLogger
 from peft import PeftModel
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -120,7 +121,7 @@ class SFTModule(L.LightningModule):
         token_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.1,
-        num_beams: int = 10,
+        num_beams: PositiveInt = 10,
         constraint: str = "trie",
         ks: tuple[int, ...] = (1, 5, 10),
         stage: str = "sft",

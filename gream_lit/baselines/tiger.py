@@ -9,6 +9,7 @@ d_model 128, 6 heads of 64, FFN 1024, dropout 0.1).
 from __future__ import annotations
 
 import torch
+from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from transformers import T5Config, T5ForConditionalGeneration
 
 from gream_lit.baselines.ranking import FullRankingModule
@@ -50,7 +51,7 @@ class Tiger(FullRankingModule):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 200,
-        num_beams: int = 10,
+        num_beams: PositiveInt = 10,
         vocab_size: int | None = None,
         n_items: int | None = None,
         id_length: int | None = None,

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import lightning as L
+from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from torch.utils.data import DataLoader, Dataset
 
 from gream_lit.data.catalog import Catalog, DataError
@@ -43,8 +44,8 @@ class CatalogDataModule(L.LightningDataModule):
         data_dir: str = "",
         format: str = "lcrec",
         max_history: int = 20,
-        batch_size: int = 256,
-        eval_batch_size: int = 256,
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt = 256,
         num_workers: int = 0,
         max_eval_users: int = 0,
         eval_seed: int = 0,

@@ -16,7 +16,8 @@ from gream_lit.experiment.allocator import apply_configured_threshold, fix_mmap_
 from gream_lit.experiment.composition import composed_config_args
 from gream_lit.experiment.console import quiet_third_party
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import PipelineError, maybe_run_pipeline
+from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.pipeline_cli import maybe_run_pipeline
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,4 +76,7 @@ def entry() -> int:
         return main()
     except (PipelineError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:  # a read-only run folder or dataset: say which file, not a traceback
+        print(f"error: {err.filename}: permission denied ({err.strerror}); run on a writable copy", file=sys.stderr)
         return 2

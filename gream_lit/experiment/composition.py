@@ -56,9 +56,12 @@ def read_yaml(path: Path) -> Any:
         raise PipelineError(f"config file {path} does not exist")
     try:
         with path.open() as f:
-            return yaml.safe_load(f)
+            data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise PipelineError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        raise PipelineError(f"{path}: the file is empty (or only comments); a config is a YAML mapping")
+    return data
 
 
 def _include_path(inc: str, base_dir: Path) -> Path:

@@ -6,17 +6,19 @@ An experiment file is YAML with a top-level ``stages:`` mapping; each stage is a
 dropping a stage) is described once, in docs/configs.md; composition is ``composition.py``'s job.
 
 Layout: ``<runs_root>/<name>/experiment.yaml`` and per stage ``<stage>/config.yaml`` (resolved),
-``checkpoints/last.ckpt``, ``metrics.json`` and a ``DONE`` record. A rerun skips finished stages and
-resumes an unfinished one from ``last.ckpt``; a finished stage whose resolved config changed, or that
-finished before a stage ahead of it was rerun, is an error rather than a silent skip.
+``checkpoints/last.ckpt``, ``metrics.json`` and a ``DONE`` record with the fingerprints of what the stage
+read and wrote (``fingerprints``). A rerun skips finished stages and resumes an unfinished one from
+``last.ckpt`` (only its own: ``stage_identity``); a finished stage whose resolved config or fingerprinted
+files changed, or that finished before a stage ahead of it was rerun, is an error rather than a silent
+skip, while an unfinished one whose config changed starts over (the old attempt kept as
+``<stage>.previous``). Re-evaluations write to ``<stage>/eval_<mode>[_<N>users]/``. Every stage's whole
+config is parsed as its LightningCLI job will parse it before the first stage runs (``preflight``).
 
-    python -m gream_lit fit --config experiments/x.yaml [--stage S] [--seed N] [--set stages.S.trainer.max_epochs=2]
-    python -m gream_lit test runs/x [--stage S]     # re-test each finished stage's best checkpoint
+The command line is ``pipeline_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import fcntl
 import importlib
@@ -37,7 +39,6 @@ from typing import Any
 import lightning as L
 import yaml
 from jsonargparse._parameter_resolvers import get_signature_parameters  # the parameters LightningCLI accepts
-from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.data.catalog import DataError
 from gream_lit.experiment.allocator import apply_configured_threshold
@@ -46,19 +47,18 @@ from gream_lit.experiment.composition import (
     PipelineError,
     check_run_settings,
     deep_merge,
-    is_pipeline_file,
     read_yaml,
     resolve_includes,
     resolve_static,
     set_dotted,
 )
+from gream_lit.experiment.fingerprints import stage_fingerprints, verify_fingerprints
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
-from gream_lit.experiment.per_user import read_per_user
+from gream_lit.experiment.preflight import check_stage_config
 from gream_lit.experiment.relocation import adopt_moved_run
+from gream_lit.experiment.stage_identity import StageIdentity, stage_identity
 from gream_lit.inference.bundle import add_metrics
 from gream_lit.inference.direct_eval import PredictionWriter
-from gream_lit.tables import format_stage_table
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def load_experiment(
         raise PipelineError(f"{path}: an experiment needs a top-level 'stages' mapping")
     exp["name"] = raw.get("name", path.stem)
     for key, value in (overrides or {}).items():
+        _check_override_stage(key, exp["stages"], path)
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
     exp = resolve_static(exp, path)
@@ -110,11 +111,25 @@ def load_experiment(
     check_experiment(exp, path)
     for name in exp["stages"]:
         check_stage_arguments(merged_stage(exp, name), f"{path}: stage {name!r}")
+    for name in exp["stages"]:
+        raw = merged_stage(exp, name)
+        body = own_artifacts({k: v for k, v in raw.items() if k not in PIPELINE_KEYS}, raw.get("artifacts") or {})
+        check_stage_config(body, f"{path}: stage {name!r}")
     if seed is not None:
         exp["seed_everything"] = seed
         for stage in exp["stages"].values():
             stage["seed_everything"] = seed
     return exp
+
+
+def _check_override_stage(key: str, stages: Mapping[str, Any], path: Path) -> None:
+    """``--set stages.NAME.…`` must name a stage of the experiment: a typo would add a stage of its own."""
+    parts = key.split(".")
+    if parts[0] != "stages" or len(parts) < 2 or parts[1] in stages:
+        return
+    match = difflib.get_close_matches(parts[1], list(stages), 1)
+    hint = f" (did you mean {match[0]!r}?)" if match else ""
+    raise PipelineError(f"--set {key}: {path} has no stage {parts[1]!r}{hint}; stages: {', '.join(stages)}")
 
 
 def _unknown_keys(keys, allowed: Sequence[str], where: str) -> None:
@@ -507,12 +522,18 @@ def run_lightning(
     args = [command, "--config", str(config_path), *overrides]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
-    cli = StageCLI(
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        extra_callbacks=callbacks,
-        per_user_dir=str(out_dir or config_path.parent),
-    )
+    try:
+        cli = StageCLI(
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            extra_callbacks=callbacks,
+            per_user_dir=str(out_dir or config_path.parent),
+        )
+    except RuntimeError as err:
+        if ckpt_path and ("size mismatch" in str(err) or "loading state_dict" in str(err)):
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))
+            raise PipelineError(f"{ckpt_path}: does not fit the model of {config_path} ({first})") from err
+        raise
     return cli.trainer, {**cli.val_metrics, **_finite(cli.trainer.callback_metrics)}
 
 
@@ -560,15 +581,20 @@ def run_stage(
     config_path = stage_dir / "config.yaml"
     _refuse_changed_config(config_path, config, stage)
     record = run.done(stage)
+    for earlier in list(exp["stages"])[: list(exp["stages"]).index(stage)]:
+        if (earlier_record := run.done(earlier)) is not None:
+            verify_fingerprints(run.root, earlier, earlier_record)
     if record is not None:
         _check_not_stale(exp, run, stage, record)
+        verify_fingerprints(run.root, stage, record)
         log.info("stage %s: finished earlier, skipping (%s)", stage, stage_dir / "DONE")
         return run.metrics(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     resume = resume_checkpoint(run.checkpoint_dir(stage))
+    identity = stage_identity(stage_dir, resume)
     log.info("stage %s: %s", stage, f"resuming from {resume}" if resume else "starting")
-    trainer, metrics = run_lightning("fit", config_path, resume, callbacks)
+    trainer, metrics = run_lightning("fit", config_path, resume, [*callbacks, StageIdentity(identity)])
     if trainer.is_global_zero:
         _write_records(exp, run, stage, trainer, metrics, resume)
     trainer.strategy.barrier("pipeline_stage_done")  # other ranks resolve the next stage from DONE
@@ -600,17 +626,31 @@ def _write_records(
     }
     for path in artifacts.values():
         add_metrics(path, metrics)  # the hand-off's model card carries the metrics it was tested with
+    config = read_yaml(stage_dir / "config.yaml")
+    record["fingerprints"] = stage_fingerprints(run.root, stage_dir, config, [record["ckpt"], *artifacts.values()])
     (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (stage_dir / "DONE").write_text(json.dumps(record, indent=2))
 
 
 def _refuse_changed_config(config_path: Path, config: Mapping[str, Any], stage: str) -> None:
-    """A stage directory belongs to the config it was started with."""
-    if config_path.is_file() and read_yaml(config_path) != config:
-        raise PipelineError(
-            f"stage {stage!r} in {config_path.parent} was started with a different config; "
-            f"delete {config_path.parent} to rerun it, or use another --run_dir"
+    """A stage directory belongs to the config it was started with. An unfinished one (no ``DONE``: it
+    failed or was stopped) is moved aside to ``<stage>.previous[N]``, so a corrected rerun starts the stage
+    over without losing what the failed attempt wrote."""
+    if not config_path.is_file() or read_yaml(config_path) == config:
+        return
+    stage_dir = config_path.parent
+    if not (stage_dir / "DONE").is_file():
+        names = (f"{stage_dir.name}.previous{n if n > 1 else ''}" for n in range(1, 10_000))
+        aside = next(p for p in map(stage_dir.with_name, names) if not p.exists())
+        stage_dir.rename(aside)
+        log.warning(
+            "stage %s: unfinished and its config changed: starting over, the old attempt is in %s", stage, aside
         )
+        return
+    raise PipelineError(
+        f"stage {stage!r} in {stage_dir} finished with a different config; "
+        f"delete {stage_dir} to rerun it, or use another --run_dir"
+    )
 
 
 def _check_saved_configs(exp: Mapping[str, Any], run: RunDir) -> None:
@@ -689,8 +729,9 @@ def run_experiment(
 
 
 def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(stage, DONE record) of every finished stage of a run directory, or of ``only``; an unfinished
-    stage is skipped with a warning, or an error when it was asked for by name."""
+    """(stage, DONE record) of every finished stage of a run directory, or of ``only``, once its
+    fingerprints match; an unfinished stage is skipped with a warning, or an error when it was asked for
+    by name."""
     adopt_moved_run(run.root)
     exp = run.experiment()
     if only is not None and only not in exp["stages"]:
@@ -704,6 +745,7 @@ def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tup
                 raise PipelineError(f"stage {stage!r} in {run.root} has not finished")
             log.warning("stage %s: not finished, skipping %s", stage, command)
             continue
+        verify_fingerprints(run.root, stage, record)
         yield stage, record
 
 
@@ -718,20 +760,20 @@ def _mode_overrides(mode: str) -> list[str]:
 
 
 def eval_dir(stage_dir: Path, mode: str = "direct", max_eval_users: int | None = None) -> Path:
-    """Where an evaluation of a finished stage writes: the stage's folder for its own test, else a subfolder."""
-    if mode == "direct" and max_eval_users is None:
-        return stage_dir
+    """Where a re-evaluation of a finished stage writes: a subfolder, so the test the stage ran at the end of
+    its fit (``metrics.json``, ``test_per_user.jsonl``) stays as it was."""
     return stage_dir / (f"eval_{mode}" + (f"_{max_eval_users}users" if max_eval_users else ""))
 
 
 def evaluate_run(
     command: str, run: RunDir, only: str | None = None, mode: str = "direct", max_eval_users: int | None = None
 ) -> dict[str, dict[str, float]]:
-    """``validate``/``test`` every finished stage's best checkpoint; writes ``<command>_metrics.json``.
+    """``validate``/``test`` every finished stage's best checkpoint once its fingerprints match; metrics
+    (``<command>_metrics.json``), per-user results and resources go to ``<stage>/eval_<mode>[_<N>users]/``,
+    so the stage's own files stay as the run wrote them.
 
     ``mode="reasoning"`` (stages trained to reason) or a ``max_eval_users`` cap evaluates differently from
-    the stage's own test, so only stages that rank items take part, and their metrics, per-user results and
-    resources go to ``<stage>/eval_<mode>[_<N>users]/``; the stage's own files stay as the run wrote them."""
+    the stage's own test, so only stages that rank items take part."""
     overrides = _mode_overrides(mode)
     if max_eval_users is not None and max_eval_users < 1:
         raise PipelineError(f"--max_eval_users must be >= 1, got {max_eval_users}")
@@ -743,10 +785,21 @@ def evaluate_run(
         out_dir = eval_dir(run.stage_dir(stage), mode, max_eval_users)
         out_dir.mkdir(exist_ok=True)
         config_path = run.stage_dir(stage) / "config.yaml"
-        _, metrics = run_lightning(command, config_path, record["ckpt"] or None, overrides=overrides, out_dir=out_dir)
+        ckpt = best_checkpoint(stage, record)
+        _, metrics = run_lightning(command, config_path, ckpt, overrides=overrides, out_dir=out_dir)
         (out_dir / f"{command}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         results[stage] = metrics
     return results
+
+
+def best_checkpoint(stage: str, record: Mapping[str, Any]) -> str | None:
+    """The stage's best checkpoint, refused by name when it is missing or cut short."""
+    ckpt = record.get("ckpt") or None
+    if ckpt and not (Path(ckpt).is_file() and zipfile.is_zipfile(ckpt)):
+        raise PipelineError(
+            f"{ckpt}: stage {stage!r}'s best checkpoint is missing or cut short (not a complete checkpoint archive)"
+        )
+    return ckpt
 
 
 def import_class(path: str) -> Any:
@@ -793,152 +846,6 @@ def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> d
     for stage, record in ranking_stages(run, only, "predict", mode):
         path = run.stage_dir(stage) / f"predictions{'_reasoning' if mode == 'reasoning' else ''}.jsonl"
         config_path = run.stage_dir(stage) / "config.yaml"
-        run_lightning("predict", config_path, record["ckpt"] or None, [PredictionWriter(str(path))], overrides)
+        run_lightning("predict", config_path, best_checkpoint(stage, record), [PredictionWriter(str(path))], overrides)
         out[stage] = path
     return out
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise PipelineError(f"--set expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=f"python -m gream_lit {command}",
-        description="run an experiment pipeline",
-        allow_abbrev=False,
-        add_help=add_help,
-    )
-    p.add_argument("target", nargs="?", help="a finished run directory (validate/test/predict)")
-    p.add_argument("-c", "--config", help="experiment file (top-level 'stages:')")
-    p.add_argument("--stage", help="run only this stage")
-    p.add_argument("--runs_root", default="runs", help="run directories go to <runs_root>/<name>")
-    p.add_argument("--run_dir", help="explicit run directory")
-    p.add_argument("--seed", type=int, help="seed for every stage; the run directory gets a _seed<N> suffix")
-    p.add_argument(
-        "--print_config",
-        action="store_true",
-        help="print every stage's config (includes, defaults and --set merged) and exit",
-    )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. stages.sasrec.trainer.max_epochs=2"
-    )
-    if command in ("predict", "test", "validate"):
-        p.add_argument(
-            "--mode", default="direct", choices=RANKING_MODES, help="reasoning: think, then answer (curriculum stages)"
-        )
-    if command in ("test", "validate"):
-        p.add_argument(
-            "--max_eval_users",
-            type=int,
-            help="a fixed random sample of this many users (with --mode reasoning: the slow mode on a CPU)",
-        )
-    return p
-
-
-def format_stage_configs(exp: Mapping[str, Any], run: RunDir, only: str | None = None) -> str:
-    """Every stage's config as its LightningCLI job will get it: resolved where its references can be
-    (earlier stages finished), else with ``${...}`` as written."""
-    parts = []
-    for stage in exp["stages"]:
-        if only is not None and stage != only:
-            continue
-        try:
-            config, note = stage_config(exp, run, stage), f"resolved in {run.root}"
-        except PipelineError as err:
-            config = merged_stage(exp, stage)
-            note = f"references unresolved until earlier stages finish ({err})"
-        parts.append(f"# stage {stage}: {note}\n{yaml.safe_dump(config, sort_keys=False)}")
-    return "\n".join(parts)
-
-
-def default_run_dir(exp: Mapping[str, Any], runs_root: str | Path, seed: int | None) -> Path:
-    suffix = f"_seed{seed}" if seed is not None else ""
-    return Path(runs_root) / f"{exp['name']}{suffix}"
-
-
-def _is_dotted(arg: str) -> bool:
-    return arg.startswith(("--stages.", "--defaults.")) or arg.partition("=")[0] == "--backbone"
-
-
-def dotted_to_set(argv: Sequence[str]) -> list[str]:
-    """LightningCLI-style ``--stages.sasrec.trainer.max_epochs 2`` (or ``=2``, and ``--defaults.…``,
-    ``--backbone``) as ``--set KEY=VALUE``."""
-    out, args, i = [], list(argv), 0
-    while i < len(args):
-        arg = args[i]
-        if not _is_dotted(arg):
-            out.append(arg)
-        else:
-            key, sep, value = arg[2:].partition("=")
-            if not sep:
-                if i + 1 >= len(args):
-                    raise PipelineError(f"{arg} needs a value")
-                i += 1
-                value = args[i]
-            out += ["--set", f"{key}={value}"]
-        i += 1
-    return out
-
-
-def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
-    """Handle ``fit``/``validate``/``test`` on an experiment file or run directory; None otherwise.
-
-    ``cli.main`` calls this first, so a plain LightningCLI config still goes to LightningCLI.
-    """
-    argv = dotted_to_set(argv)
-    known, _ = _parser(command, add_help=False).parse_known_args(argv)
-    is_run_dir = bool(known.target) and (Path(known.target) / "experiment.yaml").is_file()
-    if not is_run_dir and not (known.config and is_pipeline_file(known.config)):
-        if any(arg in ("-h", "--help") for arg in argv):  # LightningCLI's help follows for single configs
-            rank_zero_only(print)(
-                _parser(command).format_help().replace("usage:", "usage (experiment file or run directory):", 1)
-                + "\nusage (a single-stage LightningCLI config):",
-                flush=True,
-            )
-        return None
-    args = _parser(command).parse_args(list(argv))
-    if is_run_dir:
-        run = RunDir(args.target)
-        if command == "predict":
-            for stage, path in predict_run(run, args.stage, args.mode).items():
-                rank_zero_only(print)(f"predict: stage {stage}: {sum(1 for _ in path.open())} users -> {path}")
-            return 0
-        if command not in ("validate", "test"):
-            raise PipelineError(f"'{command}' on a run directory is not supported; use validate, test or predict")
-        results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
-    else:
-        exp = load_experiment(args.config, _parse_set(args.set), args.seed)
-        run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
-        if args.print_config:
-            print(format_stage_configs(exp, run, args.stage))
-            return 0
-        if command == "fit":
-            results = run_experiment(exp, run.root, args.stage)
-        elif command in ("validate", "test"):
-            results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
-        else:
-            raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
-    if command != "validate" and results:  # each stage printed its own table as it ran
-        mode, cap = getattr(args, "mode", "direct"), getattr(args, "max_eval_users", None)
-        folders = {stage: eval_dir(run.stage_dir(stage), mode, cap) for stage in results}
-        rows = [(stage, metrics, _tested_users(folders[stage])) for stage, metrics in results.items()]
-        rank_zero_only(print)(
-            f"\n{command}: {run.root}, stages in pipeline order\n{format_stage_table(rows)}", flush=True
-        )
-    return 0
-
-
-def _tested_users(stage_dir: Path) -> int | None:
-    """Users in the stage's per-user test file (``None`` without one)."""
-    path = stage_dir / PER_USER_FILE
-    return len(read_per_user(path)) if path.is_file() else None

@@ -56,6 +56,7 @@ class Run:
     hparams: dict[str, Any]
     metrics: dict[str, float]
     stages: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # finished stages whose metrics.json is gone
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -85,6 +86,7 @@ def load_run(path: Path) -> Run:
     exp = yaml.safe_load((path / "experiment.yaml").read_text())
     hparams: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    missing = []
     for stage in exp.get("stages") or {}:
         stage_dir = path / stage
         if (stage_dir / "config.yaml").is_file():
@@ -94,7 +96,26 @@ def load_run(path: Path) -> Run:
                 hparams.update(class_hparams(cfg.get(part), f"{stage}.{part}"))
         if (stage_dir / "metrics.json").is_file():
             metrics.update(json.loads((stage_dir / "metrics.json").read_text()))
-    return Run(path, str(exp.get("name", path.name)), hparams, metrics, tuple(exp.get("stages") or ()))
+        elif (stage_dir / "DONE").is_file():
+            missing.append(stage)
+    stages = tuple(exp.get("stages") or ())
+    return Run(path, str(exp.get("name", path.name)), hparams, metrics, stages, tuple(missing))
+
+
+def provenance_note(runs: Sequence[Run]) -> str:
+    """Where the numbers come from, and which finished stages have none (their rows are absent)."""
+    lines = [
+        "Metrics are each stage's test at the end of its fit (`<stage>/metrics.json`, per-user "
+        "`<stage>/test_per_user.jsonl`); re-tests (`test <run>`) write to `<stage>/eval_*/` and are not in "
+        "this report."
+    ]
+    lines += [
+        f"- {run.path}: stage {stage!r} finished but {run.path / stage / 'metrics.json'} is missing; "
+        "its rows are absent"
+        for run in runs
+        for stage in run.missing
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -595,7 +616,7 @@ def write_report(
     if not index.empty:
         markdown += "\n## Index statistics\n\n" + index_markdown(index)
         index.to_csv(out / "index.csv", index=False)
-    (out / "report.md").write_text(markdown)
+    (out / "report.md").write_text(markdown + "\n" + provenance_note(runs))
     table.to_csv(out / "report.csv", index=False)
     charts = [comparison_chart(table)] if len(runs) > 1 and not table.empty else []
     curves = learning_curves(runs)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from gream_lit.data.catalog import DataError
 from gream_lit.data.readers import load_catalog
 from gream_lit.indexing.embed import DEFAULT_ENCODER, ENCODER_KINDS, build_encoder, embed_items, load_embeddings
 
@@ -53,10 +54,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_finished_stage(out: Path) -> None:
+    """An index is never rebuilt inside a finished pipeline stage (a folder holding ``DONE``): the stages
+    trained on it would be re-tested against a different index."""
+    for folder in (out.resolve(), *out.resolve().parents):
+        if (folder / "DONE").is_file():
+            raise DataError(
+                f"--out {out}: {folder} is a finished pipeline stage (it holds DONE) whose results describe the "
+                "index there; write the new index elsewhere, or delete that stage folder and rerun fit"
+            )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from gream_lit.indexing.build import BuildConfig, build_index
     from gream_lit.indexing.quality_report import index_report, print_report, write_report
 
+    refuse_finished_stage(Path(args.out))
     catalog = load_catalog(args.data, args.format)
     emb = _embeddings(args, catalog)
     cfg = BuildConfig(

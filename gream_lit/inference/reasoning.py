@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from transformers import GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor
 
 from gream_lit.data.semantic_index import SemanticIndex
@@ -70,13 +71,13 @@ class ReasoningOptions:
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9
-    n: int = 10
-    num_beams: int = 10
+    n: PositiveInt = 10
+    num_beams: PositiveInt = 10
     repetition_penalty: float = 1.0
     no_repeat_ngram: int = 0
     think_prefix: str | None = None
     forced_answer: str | None = None
-    forward_batch_size: int = 16
+    forward_batch_size: PositiveInt = 16
     answer_cache_tokens: int | None = 20_000
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from lightning.pytorch.strategies import DDPStrategy
 
 from gream_lit.data.direct_prompt import DirectPrompt
@@ -149,10 +150,10 @@ class SRPOModule(L.LightningModule):
         weight_decay: float = 0.1,
         warmup_steps: int = 10,
         grad_clip: float = 1.0,
-        forward_batch_size: int = 16,
+        forward_batch_size: PositiveInt = 16,
         ks: tuple[int, ...] = (1, 5, 10),
         eval_decoding: str = "sample",
-        num_beams: int = 10,
+        num_beams: PositiveInt = 10,
         test_dtype: str = "float32",
         logits_vocab: str = "full",
         log_samples_every: int = 10,

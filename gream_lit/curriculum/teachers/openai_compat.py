@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -29,6 +30,25 @@ from gream_lit.curriculum.teachers.base import (
 )
 
 log = logging.getLogger(__name__)
+
+SHOWN_BODY_CHARS = 200  # of a server's error body: enough for its message, not a page of echoed request
+_SECRET_PATTERNS = (
+    re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE),
+    re.compile(
+        r"((?:api[_-]?key|authorization|x-api-key)[\"']?\s*[:=]\s*[\"']?)(?!Bearer\b)[^\s\"',;}]+", re.IGNORECASE
+    ),
+)
+
+
+def redact(text: str, secrets: Sequence[str] = (), limit: int = SHOWN_BODY_CHARS) -> str:
+    """``text`` fit to print: each secret value, Bearer token and ``api_key: …`` value as ``***``, then cut
+    to ``limit`` characters (a server that echoes the request's headers must not put the key on stderr)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 class _Retryable(Exception):
@@ -92,6 +112,10 @@ class OpenAITeacher(Teacher):
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def _secrets(self) -> list[str]:
+        """The values that must never be printed: the API key."""
+        return [os.environ.get(self.api_key_env, "")] if self.api_key_env else []
+
     def _body(self, messages: Messages) -> bytes:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens}
         if self.temperature is not None:
@@ -107,7 +131,7 @@ class OpenAITeacher(Teacher):
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             self._reached = True
-            detail = e.read()[:300].decode("utf-8", "replace")
+            detail = redact(e.read(1 << 16).decode("utf-8", "replace"), self._secrets())
             if e.code == 429 or e.code >= 500:
                 raise _Retryable(f"HTTP {e.code}: {detail}") from None
             raise TeacherError(f"HTTP {e.code} from {self.url}: {detail}") from None
@@ -120,7 +144,8 @@ class OpenAITeacher(Teacher):
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
-            raise _Retryable(f"malformed response body: {raw[:200]!r}") from None
+            body = redact(raw[: 1 << 16].decode("utf-8", "replace"), self._secrets())
+            raise _Retryable(f"malformed response body: {body!r}") from None
         if not isinstance(content, str):
             raise _Retryable(f"response content is {type(content).__name__}, expected a string")
         return content

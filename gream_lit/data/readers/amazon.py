@@ -15,12 +15,15 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.preprocess import Event, preprocess
 from gream_lit.data.text import clean_text
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("amazon14", "amazon18", "amazon23")
 
@@ -146,7 +149,20 @@ def read_meta(path: str | Path, source: str) -> dict[str, dict[str, str]]:
         raise DataError(f"unknown Amazon source {source!r}; known: {list(SOURCES)}")
     parse, key, fields = META[source]
     path = Path(path)
-    return {_require(path, n, rec, key): fields(rec) for n, rec in _records(path, parse)}
+    meta, repeated = {}, []
+    for n, rec in _records(path, parse):
+        item = _require(path, n, rec, key)
+        if item in meta:
+            repeated.append(item)
+        meta[item] = fields(rec)
+    if repeated:  # the public dumps hold repeated records; a raw dump is read as published, with a count
+        log.warning(
+            "%s: %d records repeat an item id already read (e.g. %s); the last record of each is kept",
+            path,
+            len(repeated),
+            ", ".join(repeated[:3]),
+        )
+    return meta
 
 
 def read_events(path: str | Path, source: str) -> list[Event]:

@@ -24,8 +24,17 @@ def _read_json(path: Path) -> dict:
         ) from e
     if not text.strip():
         raise DataError(f"{path}: file is empty")
+
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DataError(f"{path}: key {key!r} appears twice; the later entry would replace the earlier")
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     if not isinstance(data, dict) or not data:

@@ -42,6 +42,10 @@ def movie_text(title: str, release_date: str, genres: list[str]) -> dict[str, st
 def _catalog(ratings: pd.DataFrame, items: pd.DataFrame, ratings_file: Path, items_file: Path) -> Catalog:
     if ratings.empty:
         raise DataError(f"{ratings_file}: no ratings")
+    twice = items["movie_id"][items["movie_id"].duplicated()]
+    if not twice.empty:
+        line = int(twice.index[0]) + 1
+        raise DataError(f"{items_file}: line {line}: movie id {twice.iloc[0]!r} appears twice")
     flags = items[list(GENRES)].astype(int).to_numpy()
     dates = items["release_date"].fillna("").astype(str)
     meta = {
