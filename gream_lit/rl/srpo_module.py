@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -48,6 +48,7 @@ from gream_lit.rl import telemetry
 from gream_lit.rl.advantages import get_advantage
 from gream_lit.rl.distributed import Ranks
 from gream_lit.rl.filtering import filter_groups
+from gream_lit.rl.kept import Kept, gather
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rewards import MODES, RewardContext, RewardResult, get_reward, parse_answer
@@ -65,23 +66,6 @@ class _Frozen:
     """Holds the reference model outside ``state_dict`` (it is never trained nor checkpointed)."""
 
     model: torch.nn.Module
-
-
-@dataclass
-class _Kept:
-    """Kept groups waiting for the next update."""
-
-    rollouts: list[Rollout] = field(default_factory=list)
-    rewards: list[torch.Tensor] = field(default_factory=list)
-    exact: list[torch.Tensor] = field(default_factory=list)
-    batch_of: list[int] = field(default_factory=list)  # the generation batch each entry was kept from
-    gen_batches: int = 0
-    tokens: float = 0.0  # response tokens this rank generated over those batches (kept or not)
-    seconds: float = 0.0  # and the seconds that took
-
-    @property
-    def groups(self) -> int:
-        return sum(len(r) // r.group_size for r in self.rollouts)
 
 
 class SRPOModule(L.LightningModule):
@@ -189,7 +173,7 @@ class SRPOModule(L.LightningModule):
         self.tokenizer = None
         self.engine: RolloutEngine | None = None
         self._ref: _Frozen | None = None
-        self._kept = _Kept()
+        self._kept = Kept()
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
@@ -321,47 +305,17 @@ class SRPOModule(L.LightningModule):
         if hp.log_samples_every and self._gen_batch % hp.log_samples_every == 1 % hp.log_samples_every:
             self._log_samples(batch, rollout, results)
         kept = self._kept
-        kept.gen_batches += 1
-        kept.tokens += float(rollout.response_mask.sum())
-        kept.seconds += seconds or 0.0
-        if keep.any():
-            rows = torch.nonzero(keep.repeat_interleave(rollout.group_size)).squeeze(1)
-            kept.rollouts.append(rollout.select(rows.to(rollout.response_ids.device)))
-            kept.rewards.append(torch.tensor([results[i].reward for i in rows.tolist()]))
-            kept.exact.append(torch.tensor([results[i].hit for i in rows.tolist()]))
-            kept.batch_of.append(kept.gen_batches)
+        kept.add(rollout, keep, results, seconds)
         ranks = Ranks.of(self)
         groups = ranks.sum(kept.groups)  # every rank takes the same decision
         if groups < hp.update_groups and kept.gen_batches < hp.max_gen_batches:
             return
-        self._kept = _Kept()
+        self._kept = Kept()
         if groups == 0:
             self.log("rl/train/skipped_updates", 1.0, on_step=True, batch_size=1)
             log.info("generation batch %d: no group with varying match; update skipped", self._gen_batch)
             return
-        self.update(self._gathered(kept, ranks))
-
-    def _gathered(self, kept: _Kept, ranks: Ranks) -> _Kept:
-        """Every rank's kept groups, in the order one process with all the prompts would have kept them:
-        by generation batch, then by rank (each rank holds a contiguous slice of every batch)."""
-        if ranks.world == 1:
-            return kept
-        entries = ranks.all_gather_objects(
-            [(b, r.to("cpu"), w, e) for b, r, w, e in zip(kept.batch_of, kept.rollouts, kept.rewards, kept.exact)]
-        )
-        merged = sorted(
-            ((b, rank, r, w, e) for rank, part in enumerate(entries) for b, r, w, e in part), key=lambda x: x[:2]
-        )
-        device = kept.rollouts[0].response_ids.device if kept.rollouts else self.device
-        return _Kept(
-            rollouts=[r.to(device) for *_, r, _, _ in merged],
-            rewards=[w for *_, w, _ in merged],
-            exact=[e for *_, e in merged],
-            batch_of=[b for b, *_ in merged],
-            gen_batches=kept.gen_batches,
-            tokens=kept.tokens,
-            seconds=kept.seconds,
-        )
+        self.update(gather(kept, ranks, self.device))
 
     @property
     def _temperature(self) -> float:
@@ -386,7 +340,7 @@ class SRPOModule(L.LightningModule):
                     values = self.engine.logprobs(self.policy, rollout, rows, self._temperature)
         return self._on_rows(rows, values, rollout)
 
-    def update(self, kept: _Kept) -> None:
+    def update(self, kept: Kept) -> None:
         """PPO mini-batch steps on (at most) the first ``update_groups`` kept groups."""
         hp = self.hparams
         g = kept.rollouts[0].group_size
