@@ -101,6 +101,10 @@ def test_sample_table_shows_titles_of_history_answers_and_target() -> None:
     assert "| 1 | `<a_1><b_1>` | 0 | red | 0.000 | `<a_1><b_1>` |" in lines
     assert "| 0 | `-` | - | - | 0.000 | `nonsense` |" in lines  # no answer
     assert "| 1 | `<a_9><b_9>` | - | - | 0.000 | `<a_9><b_9>` |" in lines  # an ID of no item
+    piped = telemetry.sample_table(
+        [[0]], [0], rollout(["<|a_1|>"], 1, [1]), [result(1.0)], lambda t: t, {"<|a_1|>": 0}, titles.__getitem__
+    )
+    assert "| 0 | `<\\|a_1\\|>` | **0** | red | 1.000 | `<\\|a_1\\|>` |" in piped  # pipes escaped: one row
 
 
 def test_writers_skip_loggers_without_text(tmp_path: Path) -> None:

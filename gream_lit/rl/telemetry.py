@@ -155,7 +155,8 @@ def sample_table(
             name = "-" if item is None else _cell(title(item), 80)
             shown = "-" if item is None else (f"**{item}**" if item == targets[p] else str(item))
             text = _cell(rollout.texts[i]) or " "
-            lines.append(f"| {i - p * g} | `{answer or '-'}` | {shown} | {name} | {results[i].reward:.3f} | `{text}` |")
+            answer_id = _cell(answer) if answer else "-"
+            lines.append(f"| {i - p * g} | `{answer_id}` | {shown} | {name} | {results[i].reward:.3f} | `{text}` |")
         lines.append("")
     return "\n".join(lines)
 
