@@ -23,7 +23,6 @@ from gream_lit.inference.sampling import Rollout
 from gream_lit.rl.distributed import Ranks
 from gream_lit.rl.rewards import PREFIX_CREDIT, RewardResult
 
-TRAIN = "rl/train/"
 STEP = "rl/train/step/"
 STEP_SCALARS = (
     "reward_mean",
