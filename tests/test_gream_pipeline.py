@@ -208,6 +208,7 @@ def test_tiny_gream_pipeline_hands_index_and_model_through(tmp_path: Path, capsy
     align_metrics = json.loads((run / "align" / "metrics.json").read_text())
     rl_metrics = json.loads((run / "rl" / "metrics.json").read_text())
     assert "align/test/ndcg@10" in align_metrics and "rl/test/ndcg@10" in rl_metrics
+    assert rl_metrics["rl/val/users"] >= 1 and rl_metrics["rl/val/users_available"] >= rl_metrics["rl/val/users"]
     assert "index/test/collision_rate_after" in json.loads((run / "index" / "metrics.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(run / "rl" / "hf" / "model")
     assert set(index.all_tokens()) <= set(tokenizer.get_vocab())

@@ -126,6 +126,7 @@ class RLDataModule(CatalogDataModule):
         self.system_prompt = system_prompt
         self.prompt_format = prompt_format
         self.index: SemanticIndex | None = None
+        self.val_available: int | None = None
 
     def load(self):
         catalog = super().load()
@@ -203,6 +204,7 @@ class RLDataModule(CatalogDataModule):
                 raise DataError(f"{self.catalog.name}: no training prompt has >= {self.min_history} history items")
             self.train_set = self.prompts(train, rng)
         if stage in ("fit", "validate", None):
+            self.val_available = len(valid)  # validation users before ``max_val_prompts``
             self.valid_set = by_length(self.prompts(self._subset(valid, self.max_val_prompts, 0), rng))
         if stage in ("test", "predict", None):
             self.test_set = by_length(self.prompts(self.eval_samples("test"), None))

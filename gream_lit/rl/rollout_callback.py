@@ -5,11 +5,13 @@ batch under ``"rollout"``; ``SRPOModule.training_step`` only scores them and upd
 generation is pluggable: by default the module's own ``RolloutEngine`` (HF ``generate``), or any
 object with the same ``generate(model, messages, sampling) -> Rollout`` method, e.g. a client of a vLLM
 or sglang server, or fixed rollouts in a test. ``SRPOModule`` adds a default ``RolloutCallback`` itself
-unless the trainer already has one.
+unless the trainer already has one. The seconds the generation took go in the batch under
+``"rollout_seconds"`` (the module's rollout tokens per second).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -19,6 +21,7 @@ import torch
 from gream_lit.inference.sampling import Rollout, SamplingConfig
 
 ROLLOUT_KEY = "rollout"
+ROLLOUT_SECONDS_KEY = "rollout_seconds"
 
 
 class GenerationEngine(Protocol):
@@ -39,4 +42,6 @@ class RolloutCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, batch_idx: int):
         engine = self.engine or pl_module.engine
+        start = time.perf_counter()
         batch[ROLLOUT_KEY] = engine.generate(pl_module.policy, batch["messages"], pl_module.sampling["train"])
+        batch[ROLLOUT_SECONDS_KEY] = time.perf_counter() - start

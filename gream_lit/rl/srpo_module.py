@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -44,13 +44,15 @@ from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions
 from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
+from gream_lit.rl import telemetry
 from gream_lit.rl.advantages import get_advantage
 from gream_lit.rl.distributed import Ranks
 from gream_lit.rl.filtering import filter_groups
+from gream_lit.rl.kept import Kept, gather
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rewards import MODES, PREFIX_CREDIT, RewardContext, RewardResult, get_reward, parse_answer
-from gream_lit.rl.rollout_callback import ROLLOUT_KEY, RolloutCallback
+from gream_lit.rl.rewards import MODES, RewardContext, RewardResult, get_reward, parse_answer
+from gream_lit.rl.rollout_callback import ROLLOUT_KEY, ROLLOUT_SECONDS_KEY, RolloutCallback
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +66,6 @@ class _Frozen:
     """Holds the reference model outside ``state_dict`` (it is never trained nor checkpointed)."""
 
     model: torch.nn.Module
-
-
-@dataclass
-class _Kept:
-    """Kept groups waiting for the next update."""
-
-    rollouts: list[Rollout] = field(default_factory=list)
-    rewards: list[torch.Tensor] = field(default_factory=list)
-    exact: list[torch.Tensor] = field(default_factory=list)
-    batch_of: list[int] = field(default_factory=list)  # the generation batch each entry was kept from
-    gen_batches: int = 0
-
-    @property
-    def groups(self) -> int:
-        return sum(len(r) // r.group_size for r in self.rollouts)
 
 
 class SRPOModule(L.LightningModule):
@@ -186,7 +173,7 @@ class SRPOModule(L.LightningModule):
         self.tokenizer = None
         self.engine: RolloutEngine | None = None
         self._ref: _Frozen | None = None
-        self._kept = _Kept()
+        self._kept = Kept()
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
@@ -271,42 +258,38 @@ class SRPOModule(L.LightningModule):
         ]
         return [self._reward(text, contexts[i // group_size]) for i, text in enumerate(texts)]
 
-    def _log_rollout_stats(self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor) -> None:
+    def _log_rollout_stats(
+        self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor, seconds: float | None
+    ) -> None:
+        stats = telemetry.rollout_stats(results, rollout, kept)
+        if seconds is not None:
+            stats["rollout_tokens_per_s"] = telemetry.tokens_per_second(float(rollout.response_mask.sum()), seconds)
         n = len(results)
-        lengths = rollout.response_mask.sum(1).float()
-        stats = {
-            "reward": sum(r.reward for r in results) / n,
-            "match": sum(r.match for r in results) / n,
-            "exact": sum(r.exact for r in results) / n,
-            "format": sum(r.format_ok for r in results) / n,
-            "empty": sum(not t.strip() for t in rollout.texts) / n,
-            "response_length": lengths.mean().item(),
-            "groups_kept": kept.float().mean().item(),
-        }
-        for level in range(1, len(PREFIX_CREDIT) + 1):
-            share = sum((not r.exact) and min(r.matched_levels, len(PREFIX_CREDIT)) == level for r in results) / n
-            stats[f"partial@{level}"] = share
-        self.log_dict({f"rl/train/{k}": float(v) for k, v in stats.items()}, on_step=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"rl/train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=n, sync_dist=True)
 
-    def _log_samples(self, messages: list, rollout: Rollout, results: list[RewardResult], targets: list[str]) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
-            return
-        g = rollout.group_size
-        lines = []
-        for i in range(min(len(results), 2 * g)):
-            if i % g == 0:
-                prompt = messages[i // g] if isinstance(messages[i // g], str) else messages[i // g][-1]["content"]
-                lines.append(f"**prompt** `{prompt}`  \n**target** `{targets[i // g]}`")
-            lines.append(f"- reward {results[i].reward:.3f} (match {results[i].match:.3f}): `{rollout.texts[i]}`")
-        experiment.add_text("rl/train/samples", "\n".join(lines), self._gen_batch)
+    def _log_samples(self, batch: dict, rollout: Rollout, results: list[RewardResult]) -> None:
+        """The first prompts' rollouts as a TensorBoard table, items by title (``telemetry.sample_table``)."""
+        catalog = self.trainer.datamodule.catalog
+        hp = self.hparams
+        table = telemetry.sample_table(
+            batch["history"],
+            batch["item"],
+            rollout,
+            results,
+            lambda text: parse_answer(text, hp.mode, self._direct_len),
+            self._lookup,
+            catalog.title,
+        )
+        telemetry.write_text(self, telemetry.SAMPLES_TEXT, table, self._gen_batch)
 
     # ---- training -------------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
-        """A default ``RolloutCallback`` (the HF engine) unless the trainer was given one (another engine)."""
-        if any(isinstance(cb, RolloutCallback) for cb in self.trainer.callbacks):
-            return []
-        return [RolloutCallback()]
+        """A default ``RolloutCallback`` (the HF engine) unless the trainer was given one (another engine),
+        and ``telemetry.ValidationSize``."""
+        given = {type(cb) for cb in self.trainer.callbacks}
+        return [
+            cls() for cls in (RolloutCallback, telemetry.ValidationSize) if not any(issubclass(g, cls) for g in given)
+        ]
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
@@ -317,47 +300,22 @@ class SRPOModule(L.LightningModule):
         match = torch.tensor([r.match for r in results])
         keep = filter_groups(match, rollout.group_size)
         self._gen_batch += 1
-        self._log_rollout_stats(results, rollout, keep)
+        seconds = batch.get(ROLLOUT_SECONDS_KEY)
+        self._log_rollout_stats(results, rollout, keep, seconds)
         if hp.log_samples_every and self._gen_batch % hp.log_samples_every == 1 % hp.log_samples_every:
-            self._log_samples(batch["messages"], rollout, results, batch["target"])
+            self._log_samples(batch, rollout, results)
         kept = self._kept
-        kept.gen_batches += 1
-        if keep.any():
-            rows = torch.nonzero(keep.repeat_interleave(rollout.group_size)).squeeze(1)
-            kept.rollouts.append(rollout.select(rows.to(rollout.response_ids.device)))
-            kept.rewards.append(torch.tensor([results[i].reward for i in rows.tolist()]))
-            kept.exact.append(torch.tensor([results[i].hit for i in rows.tolist()]))
-            kept.batch_of.append(kept.gen_batches)
+        kept.add(rollout, keep, results, seconds)
         ranks = Ranks.of(self)
         groups = ranks.sum(kept.groups)  # every rank takes the same decision
         if groups < hp.update_groups and kept.gen_batches < hp.max_gen_batches:
             return
-        self._kept = _Kept()
+        self._kept = Kept()
         if groups == 0:
             self.log("rl/train/skipped_updates", 1.0, on_step=True, batch_size=1)
             log.info("generation batch %d: no group with varying match; update skipped", self._gen_batch)
             return
-        self.update(self._gathered(kept, ranks))
-
-    def _gathered(self, kept: _Kept, ranks: Ranks) -> _Kept:
-        """Every rank's kept groups, in the order one process with all the prompts would have kept them:
-        by generation batch, then by rank (each rank holds a contiguous slice of every batch)."""
-        if ranks.world == 1:
-            return kept
-        entries = ranks.all_gather_objects(
-            [(b, r.to("cpu"), w, e) for b, r, w, e in zip(kept.batch_of, kept.rollouts, kept.rewards, kept.exact)]
-        )
-        merged = sorted(
-            ((b, rank, r, w, e) for rank, part in enumerate(entries) for b, r, w, e in part), key=lambda x: x[:2]
-        )
-        device = kept.rollouts[0].response_ids.device if kept.rollouts else self.device
-        return _Kept(
-            rollouts=[r.to(device) for *_, r, _, _ in merged],
-            rewards=[w for *_, w, _ in merged],
-            exact=[e for *_, e in merged],
-            batch_of=[b for b, *_ in merged],
-            gen_batches=kept.gen_batches,
-        )
+        self.update(gather(kept, ranks, self.device))
 
     @property
     def _temperature(self) -> float:
@@ -382,7 +340,7 @@ class SRPOModule(L.LightningModule):
                     values = self.engine.logprobs(self.policy, rollout, rows, self._temperature)
         return self._on_rows(rows, values, rollout)
 
-    def update(self, kept: _Kept) -> None:
+    def update(self, kept: Kept) -> None:
         """PPO mini-batch steps on (at most) the first ``update_groups`` kept groups."""
         hp = self.hparams
         g = kept.rollouts[0].group_size
@@ -415,14 +373,18 @@ class SRPOModule(L.LightningModule):
         stats["groups_updated"] = float(n_rows // g)
         step_stats: dict[str, list[float]] = {"pg_loss": [], "kl": [], "clip_fraction": [], "grad_norm": []}
         skipped = 0
+        tokens_per_s = telemetry.tokens_per_second(kept.tokens, kept.seconds)
         for _ in range(hp.ppo_epochs):
             for mb, mine in zip(mini_batches, shares):
+                step = self.global_step
                 result = self._optimizer_step(rollout, mb, mine, old, ref, adv, mask, ranks)
                 if result is None:
                     skipped += 1
                     continue
                 for k, v in result.items():
                     step_stats[k].append(v)
+                scalars = telemetry.step_scalars(result, rewards[mb.cpu()], g, tokens_per_s)
+                telemetry.write_step(self, scalars, step)
         self.lr_schedulers().step()  # once per update, as verl: warm-up counts generation steps
         stats["skipped_steps"] = float(skipped)
         stats["skipped_updates"] = 0.0
