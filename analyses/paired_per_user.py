@@ -4,7 +4,7 @@ Any two ``test_per_user.jsonl`` files (a stage's own test, a ``test --mode reaso
 ``eval_reasoning/``, another stage or run): each metric with its 95% bootstrap interval over users, and
 the difference A - B with its interval and a paired t-test.
 
-    python analyses/paired_per_user.py runs/X/curriculum/eval_reasoning/test_per_user.jsonl \\
+    PYTHONPATH=. python analyses/paired_per_user.py runs/X/curriculum/eval_reasoning/test_per_user.jsonl \\
         runs/X/curriculum/test_per_user.jsonl --names reasoning direct
 """
 
