@@ -108,13 +108,14 @@ def test_the_short_layout_refuses_a_teacher_and_the_chat_format(toy):  # noqa: F
         make(toy, cot_layout="short", teacher=None)
 
 
-def test_cli_fit_tiny_short_curriculum_reports_closing_grounding_distinct_answers_and_speed(toy, tmp_path, capsys):  # noqa: F811
+def _short_data_config(data_paths: dict, tmp_path: Path, model_args: dict) -> Path:
+    """The tiny curriculum on short-layout data (seqdense rows only), written to a YAML file."""
     off = {t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}
     config = compose_file(Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml")
     config["trainer"].update(logger=False, limit_val_batches=0)
-    config["model"]["init_args"].update(logits_vocab="ids", reasoning={"layout": "short", "max_new_tokens": 12})
+    config["model"]["init_args"].update(model_args)
     config["data"]["init_args"].update(
-        toy,
+        data_paths,
         teacher=None,
         cot_layout="short",
         max_length=512,
@@ -124,6 +125,13 @@ def test_cli_fit_tiny_short_curriculum_reports_closing_grounding_distinct_answer
     )
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_cli_fit_tiny_short_curriculum_reports_closing_grounding_distinct_answers_and_speed(toy, tmp_path, capsys):  # noqa: F811
+    path = _short_data_config(
+        toy, tmp_path, {"logits_vocab": "ids", "reasoning": {"layout": "short", "max_new_tokens": 12}}
+    )
     assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     for key in ("answer_rate", "grounded_rate", "distinct_top1", "users_per_s", "recall@10"):
@@ -131,19 +139,6 @@ def test_cli_fit_tiny_short_curriculum_reports_closing_grounding_distinct_answer
 
 
 def test_a_reasoning_layout_that_differs_from_the_data_is_refused(toy, tmp_path):  # noqa: F811
-    off = {t: {"enabled": False} for t in ("seqrec", "item2index", "index2item", "fusionseqrec")}
-    config = compose_file(Path(__file__).parents[1] / "experiments" / "curriculum_tiny.yaml")
-    config["trainer"].update(logger=False, limit_val_batches=0)
-    config["data"]["init_args"].update(
-        toy,
-        teacher=None,
-        cot_layout="short",
-        max_length=512,
-        cot_max_samples=None,
-        prompt_format="compact",
-        tasks={"seqdense": {"enabled": True}, **off},
-    )
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = _short_data_config(toy, tmp_path, {})
     with pytest.raises(ValueError, match="reasoning.layout: short"):
         main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")])
