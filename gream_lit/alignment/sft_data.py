@@ -326,7 +326,8 @@ class AlignmentDataModule(CatalogDataModule):
                 ids = layout.encode(self.tokenizer, self.index, s.history, rows)
             except ValueError as err:
                 raise ValueError(f"user {s.user}: evaluation prompt: {err}") from err
-            out.append({"input_ids": ids, "target": s.target, "user": s.user})
+            row = {"input_ids": ids, "target": s.target, "user": s.user}
+            out.append({**row, "seen": self.seen(s)} if self.exclude_seen else row)
         return sorted(out, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding
 
     def _collate_train(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -340,12 +341,15 @@ class AlignmentDataModule(CatalogDataModule):
         }
 
     def _collate_eval(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return {
+        batch = {
             "input_ids": pad([r["input_ids"] for r in rows], self.tokenizer.pad_token_id, left=True),
             "attention_mask": pad([[1] * len(r["input_ids"]) for r in rows], 0, left=True),
             "target": torch.tensor([r["target"] for r in rows], dtype=torch.long),
             "user": torch.tensor([r.get("user", -1) for r in rows], dtype=torch.long),
         }
+        if "seen" in rows[0]:
+            batch["seen"] = pad([r["seen"] for r in rows], -1)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         common = {"collate_fn": self._collate_train, "num_workers": self.num_workers}

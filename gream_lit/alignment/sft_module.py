@@ -231,7 +231,8 @@ class SFTModule(L.LightningModule):
         return self.global_step % self.trainer.log_every_n_steps == 0
 
     def recommend(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, num_beams]`` ranked items for a batch of direct-mode prompts."""
+        """``[B, num_beams]`` ranked items for a batch of direct-mode prompts (none of its ``seen``
+        items, which the data module adds with ``exclude_seen``)."""
         if self.tables.tokens[0].device != self.device:
             self.tables = self.tables.to(self.device)
         vocab = None if self.vocab is None else self.vocab.to(self.device)
@@ -242,6 +243,7 @@ class SFTModule(L.LightningModule):
             self.tables,
             self.hparams.num_beams,
             vocab,
+            exclude=batch.get("seen"),
         )
         return result.items
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gream_lit.baselines.ranking import FullRankingModule
+from gream_lit.baselines.ranking import FullRankingModule, top_items
 from gream_lit.data.split import train_sequences
 
 
@@ -46,4 +46,9 @@ class MostPop(FullRankingModule):
         return None
 
     def rank(self, batch: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-        return self.ranking[:k].expand(batch["history"].shape[0], -1)
+        rows = batch["history"].shape[0]
+        if batch.get("seen") is None:
+            return self.ranking[:k].expand(rows, -1)
+        score = torch.empty(len(self.ranking), device=self.ranking.device)  # higher for more popular items
+        score[self.ranking] = -torch.arange(len(self.ranking), dtype=score.dtype, device=score.device)
+        return top_items(score.expand(rows, -1), k, batch["seen"])

@@ -1,7 +1,9 @@
 """Shared evaluation for ID-based baselines: rank the full catalogue, score Recall/NDCG/MRR at 1, 5, 10.
 
-Nothing is excluded from the ranking, not even the user's history: LC-Rec and GREAM rank the whole
-catalogue the same way, so baseline and LLM numbers stay comparable.
+By default nothing is excluded from the ranking, not even the user's history: LC-Rec and GREAM rank the
+whole catalogue the same way. With the data module's ``exclude_seen`` the batches carry ``seen`` and
+``top_items`` drops those items before the top-k, as the LLM stages' search does, so both protocols
+compare like with like.
 """
 
 from __future__ import annotations
@@ -15,6 +17,19 @@ from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.metrics import ranking_metrics
 
 METRIC_KS = (1, 5, 10)
+
+
+def top_items(scores: torch.Tensor, k: int, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, k]`` indices of the best scores per row (fewer columns if fewer items), never one of the
+    row's ``seen`` indices (``-1`` padded) when given; ``-1`` where a row has no unseen item left."""
+    if seen is None or not seen.numel():
+        return scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+    scores = scores.clone()
+    rows = torch.arange(len(scores), device=scores.device).unsqueeze(1).expand_as(seen)
+    keep = seen >= 0
+    scores[rows[keep], seen[keep]] = float("-inf")
+    values, indices = scores.topk(min(k, scores.shape[-1]), dim=-1)
+    return torch.where(torch.isfinite(values), indices, torch.full_like(indices, -1))
 
 
 class FullRankingModule(L.LightningModule, ABC):

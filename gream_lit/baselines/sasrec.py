@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gream_lit.baselines.ranking import FullRankingModule
+from gream_lit.baselines.ranking import FullRankingModule, top_items
 from gream_lit.baselines.seqrec_data import IGNORE, PAD
 
 
@@ -123,8 +123,7 @@ class SASRec(FullRankingModule):
         return loss
 
     def rank(self, batch: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-        scores = self.item_scores(self.encode(batch["history"])[:, -1])
-        return scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+        return top_items(self.item_scores(self.encode(batch["history"])[:, -1]), k, batch.get("seen"))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, StackDataset
 
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.padding import pad
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.split import Sample, train_sequences
 
@@ -37,13 +38,17 @@ def autoregressive_example(sequence: Sequence[int], length: int) -> tuple[list[i
     return inputs, [IGNORE] * (length - len(labels)) + labels
 
 
-def eval_dataset(samples: Sequence[Sample], length: int) -> StackDataset:
-    """Rows of ``history`` [length] tokens, ``target`` catalogue index and ``user``."""
-    return StackDataset(
-        history=torch.tensor([left_pad(s.history, length) for s in samples], dtype=torch.long).view(-1, length),
-        target=torch.tensor([s.target for s in samples], dtype=torch.long),
-        user=torch.tensor([s.user for s in samples], dtype=torch.long),
-    )
+def eval_dataset(samples: Sequence[Sample], length: int, seen: Sequence[Sequence[int]] | None = None) -> StackDataset:
+    """Rows of ``history`` [length] tokens, ``target`` catalogue index and ``user``; with ``seen`` (per
+    sample, the items not to recommend) also ``seen`` catalogue indices, ``-1`` padded."""
+    columns = {
+        "history": torch.tensor([left_pad(s.history, length) for s in samples], dtype=torch.long).view(-1, length),
+        "target": torch.tensor([s.target for s in samples], dtype=torch.long),
+        "user": torch.tensor([s.user for s in samples], dtype=torch.long),
+    }
+    if seen is not None:
+        columns["seen"] = pad([list(row) for row in seen], -1) if samples else torch.zeros((0, 0), dtype=torch.long)
+    return StackDataset(**columns)
 
 
 def train_dataset(sequences: Sequence[Sequence[int]], length: int, name: str = "catalog") -> StackDataset:
@@ -63,16 +68,19 @@ class SeqRecDataModule(CatalogDataModule):
 
     Train batches: ``history`` [B, L] tokens and ``labels`` [B, L] next items (``seq[:-2]`` of each user
     as one sequence). Valid/test/predict batches: ``history`` [B, L], ``target`` [B], ``user`` [B],
-    with ``L = max_history``.
+    with ``L = max_history``, and ``seen`` [B, H] with ``exclude_seen``.
     """
 
     def build_datasets(self, stage: str | None) -> None:
         if stage in ("fit", None):
             self.train_set = train_dataset(train_sequences(self.catalog), self.max_history, self.catalog.name)
         if stage in ("fit", "validate", None):
-            self.valid_set = eval_dataset(self.eval_samples("valid"), self.max_history)
+            self.valid_set = self._eval_dataset(self.eval_samples("valid"))
         if stage in ("test", "predict", None):
-            self.test_set = eval_dataset(self.eval_samples("test"), self.max_history)
+            self.test_set = self._eval_dataset(self.eval_samples("test"))
+
+    def _eval_dataset(self, samples: list[Sample]) -> StackDataset:
+        return eval_dataset(samples, self.max_history, [self.seen(s) for s in samples] if self.exclude_seen else None)
 
     def train_dataloader(self) -> DataLoader:
         return ResumableDataLoader(

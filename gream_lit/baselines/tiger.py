@@ -120,7 +120,12 @@ class Tiger(FullRankingModule):
 
     def beams(self, batch: dict[str, torch.Tensor]):
         return constrained_beam_search(
-            self.model, batch["input_ids"], batch["attention_mask"], self.tables(), self.hparams.num_beams
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.tables(),
+            self.hparams.num_beams,
+            exclude=batch.get("seen"),
         )
 
     def rank(self, batch: dict[str, torch.Tensor], k: int) -> torch.Tensor:

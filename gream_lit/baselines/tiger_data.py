@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
+from gream_lit.data.padding import pad
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
@@ -51,10 +52,18 @@ class TigerVocab:
 
 
 class TigerDataset(Dataset):
-    """Encoder inputs and decoder labels for a list of samples."""
+    """Encoder inputs and decoder labels for a list of samples; ``seen``: per sample, the items it must
+    not be recommended (``exclude_seen``), or ``None``."""
 
-    def __init__(self, samples: Sequence[Sample], item_ids: torch.Tensor, user_tokens: Sequence[int]) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        item_ids: torch.Tensor,
+        user_tokens: Sequence[int],
+        seen: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.samples = samples
+        self.seen = seen
         self.items = item_ids.tolist()
         self.paths = torch.where(item_ids >= 0, item_ids, torch.full_like(item_ids, EOS))
         self.user_tokens = user_tokens
@@ -70,6 +79,7 @@ class TigerDataset(Dataset):
             "labels": self.paths[s.target],
             "target": torch.tensor(s.target),
             "user": torch.tensor(s.user),
+            **({} if self.seen is None else {"seen": torch.tensor(self.seen[i], dtype=torch.long)}),
         }
 
 
@@ -85,12 +95,13 @@ def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         "labels": torch.stack([r["labels"] for r in rows]),
         "target": torch.stack([r["target"] for r in rows]),
         "user": torch.stack([r["user"] for r in rows]),
+        **({"seen": pad([r["seen"].tolist() for r in rows], -1)} if "seen" in rows[0] else {}),
     }
 
 
 class TigerDataModule(CatalogDataModule):
     """Catalog + semantic index -> TIGER batches (``input_ids``, ``attention_mask``, ``labels``,
-    ``target``, ``user``).
+    ``target``, ``user``; evaluation batches also ``seen`` with ``exclude_seen``).
 
     Args:
         index_path: ``.index.json`` whose rows are the catalogue's items, in catalogue order.
@@ -122,16 +133,17 @@ class TigerDataModule(CatalogDataModule):
         self.load()
         return self.vocab.item_token_ids(self.index)
 
-    def _dataset(self, samples: Sequence[Sample]) -> TigerDataset:
+    def _dataset(self, samples: Sequence[Sample], evaluate: bool = True) -> TigerDataset:
         if not samples:
             raise DataError(f"{self.catalog.name}: no samples for this split")
         users = [self.vocab.user_token(u) for u in self.catalog.user_ids]
-        return TigerDataset(samples, self.item_token_ids(), users)
+        seen = [self.seen(s) for s in samples] if evaluate and self.exclude_seen else None
+        return TigerDataset(samples, self.item_token_ids(), users, seen)
 
     def build_datasets(self, stage: str | None) -> None:
         self.load()
         if stage in ("fit", None):
-            self.train_set = self._dataset(self.split.train)
+            self.train_set = self._dataset(self.split.train, evaluate=False)
         if stage in ("fit", "validate", None):
             self.valid_set = self._dataset(self.eval_samples("valid"))
         if stage in ("test", "predict", None):

@@ -8,6 +8,7 @@ TensorBoard.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -16,6 +17,7 @@ from torchmetrics import MeanMetric
 from gream_lit.alignment.sft_module import SFTModule
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.text_format import PARSE_FAILURES
+from gream_lit.inference.exclusion import drop_seen
 from gream_lit.inference.reasoning import (
     ReasoningOptions,
     ReasoningResult,
@@ -74,13 +76,20 @@ class ReasoningSFTModule(SFTModule):
             if self._lookup is None:
                 self._lookup = sid_lookup(self.trainer.datamodule.index)
             index = self.trainer.datamodule.index
-            return sample_and_rank(
+            result = sample_and_rank(
                 self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], index, opts, self._lookup
             )
+            return replace(result, items=drop_seen(result.items, batch.get("seen")))
         if self.tables.tokens[0].device != self.device:
             self.tables = self.tables.to(self.device)
         return reason_then_rank(
-            self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], self.tables, opts
+            self.model,
+            self.tokenizer,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.tables,
+            opts,
+            batch.get("seen"),
         )
 
     def _eval_step(self, split: str, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int) -> dict:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from gream_lit.data.catalog import Catalog, DataError
 from gream_lit.data.readers import load_catalog
 from gream_lit.data.samplers import UnrepeatedDistributedSampler
-from gream_lit.data.split import LeaveOneOut, leave_one_out
+from gream_lit.data.split import LeaveOneOut, Sample, leave_one_out
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class CatalogDataModule(L.LightningDataModule):
             ``eval_seed``: the same users for every stage and model of an experiment, unlike the
             first N users of the file, which are not a random sample.
         eval_seed: seed of that sample.
+        exclude_seen: never recommend an item the user has already consumed (the whole sequence before
+            the target, not only the last ``max_history``): evaluation batches carry it as ``seen`` and
+            the models mask it. ``False`` (GREAM's and LC-Rec's protocol) ranks the whole catalogue.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class CatalogDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_eval_users: int = 0,
         eval_seed: int = 0,
+        exclude_seen: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -67,6 +71,7 @@ class CatalogDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.max_eval_users = max_eval_users
         self.eval_seed = eval_seed
+        self.exclude_seen = exclude_seen
         self.catalog: Catalog | None = None
         self.split: LeaveOneOut | None = None
 
@@ -84,6 +89,12 @@ class CatalogDataModule(L.LightningDataModule):
             return samples
         chosen = random.Random(self.eval_seed).sample(range(len(samples)), self.max_eval_users)
         return [samples[i] for i in sorted(chosen)]
+
+    def seen(self, sample: Sample) -> list[int]:
+        """The distinct items ``sample``'s user consumed before its target (its history where the
+        sample does not know its place in the sequence)."""
+        before = sample.history if sample.position is None else self.catalog.sequences[sample.user][: sample.position]
+        return sorted(set(before))
 
     def eval_loader(self, dataset: Dataset, batch_size: int | None = None, collate_fn=None) -> DataLoader:
         """Validation/test loader that scores every user exactly once over all processes.

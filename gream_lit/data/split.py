@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gream_lit.data.catalog import Catalog, DataError
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One next-item prediction: the user, the (already truncated) history and the target item."""
+    """One next-item prediction: the user, the (already truncated) history and the target item.
+
+    ``position``: the target's index in the user's whole sequence, so ``sequence[:position]`` is all the
+    user had consumed before it (``exclude_seen``); ``None`` for a sample built from a bare history."""
 
     user: int
     history: tuple[int, ...]
     target: int
+    position: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -48,7 +52,7 @@ def leave_one_out(catalog: Catalog, max_history: int = 20, min_train_history: in
         if t < 3:
             raise DataError(f"{catalog.name}: user {catalog.user_ids[u]!r} has {t} interactions; leave-one-out needs 3")
         for j in range(min_train_history, t - 2):
-            train.append(Sample(u, tuple(seq[max(0, j - max_history) : j]), seq[j]))
-        valid.append(Sample(u, tuple(seq[max(0, t - 2 - max_history) : t - 2]), seq[t - 2]))
-        test.append(Sample(u, tuple(seq[max(0, t - 1 - max_history) : t - 1]), seq[t - 1]))
+            train.append(Sample(u, tuple(seq[max(0, j - max_history) : j]), seq[j], j))
+        valid.append(Sample(u, tuple(seq[max(0, t - 2 - max_history) : t - 2]), seq[t - 2], t - 2))
+        test.append(Sample(u, tuple(seq[max(0, t - 1 - max_history) : t - 1]), seq[t - 1], t - 1))
     return LeaveOneOut(train, valid, test)

@@ -30,6 +30,7 @@ from gream_lit.data.padding import pad
 from gream_lit.data.semantic_index import HANDOFF_INDEX_FILE as INDEX_FILE
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
+from gream_lit.inference.exclusion import drop_seen
 from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.inference.reasoning import ReasoningOptions, reason_then_rank, sample_and_rank
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
@@ -157,13 +158,16 @@ class Recommender:
         return [self.position[str(h)] for h in history]
 
     def _batches(self, histories: Sequence[Sequence[str | int]], prompt: DirectPrompt, batch_size: int):
-        """Left-padded prompt batches for raw-id histories."""
+        """Left-padded prompt batches for raw-id histories, with each history's catalogue indices
+        (``-1`` padded: what ``exclude_seen`` masks)."""
         device = next(self.model.parameters()).device
-        prompts = [prompt.encode(self.tokenizer, self.index, self._positions(h), self._rows) for h in histories]
+        positions = [self._positions(h) for h in histories]
+        prompts = [prompt.encode(self.tokenizer, self.index, p, self._rows) for p in positions]
         for start in range(0, len(prompts), batch_size):
             rows = prompts[start : start + batch_size]
             ids = pad(rows, self.tokenizer.pad_token_id, left=True).to(device)
-            yield ids, pad([[1] * len(r) for r in rows], 0, left=True).to(device)
+            seen = pad(positions[start : start + batch_size], -1).to(device)
+            yield ids, pad([[1] * len(r) for r in rows], 0, left=True).to(device), seen
 
     def _ranked(self, items: torch.Tensor, k: int) -> list[list[str]]:
         return [[self.item_ids[i] for i in row[:k] if i >= 0] for row in items.tolist()]
@@ -174,25 +178,36 @@ class Recommender:
 
     @torch.no_grad()
     def recommend_many(
-        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 16, mode: str = "direct"
+        self,
+        histories: Sequence[Sequence[str | int]],
+        k: int = 10,
+        batch_size: int = 16,
+        mode: str = "direct",
+        exclude_seen: bool = False,
     ) -> list[list[str]]:
         """Top-``k`` raw item ids for each history (raw item ids, oldest first), best first.
 
-        ``mode="reasoning"`` thinks before answering (``recommend_many_with_reasoning``, texts dropped)."""
+        ``mode="reasoning"`` thinks before answering (``recommend_many_with_reasoning``, texts dropped).
+        ``exclude_seen``: never return an item of the history; the search masks them, so the list stays
+        ``k`` long while the catalogue has ``k`` other items."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}; expected one of {MODES}")
         if mode == "reasoning":
-            return [items for items, _ in self.recommend_many_with_reasoning(histories, k, batch_size)]
+            pairs = self.recommend_many_with_reasoning(histories, k, batch_size, exclude_seen)
+            return [items for items, _ in pairs]
         self._check_k(k, self.num_beams)
         out: list[list[str]] = []
-        for ids, mask in self._batches(histories, self.prompt, batch_size):
-            result = constrained_beam_search(self.model, ids, mask, self.tables, self.num_beams, self.vocab)
+        for ids, mask, seen in self._batches(histories, self.prompt, batch_size):
+            exclude = seen if exclude_seen else None
+            result = constrained_beam_search(
+                self.model, ids, mask, self.tables, self.num_beams, self.vocab, exclude=exclude
+            )
             out += self._ranked(result.items, k)
         return out
 
     @torch.no_grad()
     def recommend_many_with_reasoning(
-        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 8
+        self, histories: Sequence[Sequence[str | int]], k: int = 10, batch_size: int = 8, exclude_seen: bool = False
     ) -> list[tuple[list[str], str]]:
         """Reasoning mode: per history, the top-``k`` raw item ids and the text the model wrote (its
         think block and answer). Answers are catalogue items whatever the text: the constrained decoder
@@ -204,21 +219,29 @@ class Recommender:
         opts, prompt = self.reasoning
         self._check_k(k, opts.num_beams if opts.decoder == "constrained" else opts.n)
         out: list[tuple[list[str], str]] = []
-        for ids, mask in self._batches(histories, prompt, batch_size):
+        for ids, mask, seen in self._batches(histories, prompt, batch_size):
+            exclude = seen if exclude_seen else None
             if opts.decoder == "constrained":
-                result = reason_then_rank(self.model, self.tokenizer, ids, mask, self.tables, opts)
+                result = reason_then_rank(self.model, self.tokenizer, ids, mask, self.tables, opts, exclude)
+                items = result.items
             else:
                 result = sample_and_rank(self.model, self.tokenizer, ids, mask, self.index, opts)
-            out += list(zip(self._ranked(result.items, k), result.texts))
+                items = drop_seen(result.items, exclude)
+            out += list(zip(self._ranked(items, k), result.texts))
         return out
 
-    def recommend(self, history: Sequence[str | int], k: int = 10, mode: str = "direct") -> list[str]:
-        """Top-``k`` raw item ids for one history of raw item ids (oldest first)."""
-        return self.recommend_many([history], k, mode=mode)[0]
+    def recommend(
+        self, history: Sequence[str | int], k: int = 10, mode: str = "direct", exclude_seen: bool = False
+    ) -> list[str]:
+        """Top-``k`` raw item ids for one history of raw item ids (oldest first); ``exclude_seen``:
+        none of the history's items."""
+        return self.recommend_many([history], k, mode=mode, exclude_seen=exclude_seen)[0]
 
-    def recommend_with_reasoning(self, history: Sequence[str | int], k: int = 10) -> tuple[list[str], str]:
+    def recommend_with_reasoning(
+        self, history: Sequence[str | int], k: int = 10, exclude_seen: bool = False
+    ) -> tuple[list[str], str]:
         """Reasoning mode for one history: (top-``k`` raw item ids, the text the model wrote)."""
-        return self.recommend_many_with_reasoning([history], k)[0]
+        return self.recommend_many_with_reasoning([history], k, exclude_seen=exclude_seen)[0]
 
 
 def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Recommender:

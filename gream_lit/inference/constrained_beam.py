@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from gream_lit.inference.exclusion import closed_states, open_slots
 from gream_lit.inference.prefix_tables import PrefixTables
 
 # transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` during
@@ -192,6 +193,7 @@ def constrained_beam_search(
     num_beams: int = 10,
     vocab: torch.Tensor | None = None,
     max_cache_tokens: int | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> BeamResult:
     """Beam search restricted by ``tables`` for a batch of prompts.
 
@@ -209,10 +211,14 @@ def constrained_beam_search(
             once every prompt is copied to its beams: larger batches are searched a few users at a time
             (same results). A reasoning answer follows a long prompt plus its thinking, where the copies
             dominate memory; ``None``: no bound.
+        exclude: ``[B, H]`` catalogue indices each user must not be given (``-1`` padded), e.g. the
+            items already in their history (``exclude_seen``). Masked inside the search
+            (``inference.exclusion``), so the top ``num_beams`` stay full whenever enough items remain.
 
     Raises:
         RuntimeError: a user is left with no live hypothesis (an empty allowed set); the search never
             falls back to unconstrained generation.
+        ValueError: ``exclude`` with per-position tables, or excluding every item of a user.
     """
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
@@ -223,11 +229,19 @@ def constrained_beam_search(
         users = max(1, max_cache_tokens // (num_beams * input_ids.shape[1]))
         parts = [
             constrained_beam_search(
-                model, *_trim_left(input_ids[i : i + users], attention_mask[i : i + users]), tables, num_beams, vocab
+                model,
+                *_trim_left(input_ids[i : i + users], attention_mask[i : i + users]),
+                tables,
+                num_beams,
+                vocab,
+                exclude=None if exclude is None else exclude[i : i + users],
             )
             for i in range(0, batch, users)
         ]
         return BeamResult(*(torch.cat([getattr(p, f) for p in parts]) for f in ("items", "scores", "tokens")))
+    if exclude is not None and exclude.shape[0] != batch:
+        raise ValueError(f"exclude has {exclude.shape[0]} rows for {batch} prompts")
+    closed = None if exclude is None else closed_states(tables, exclude.to(input_ids.device))
     stepper = _Stepper(model, input_ids, attention_mask, vocab)
     position = None if vocab is None else vocab_positions(vocab, torch.cat([t.reshape(-1) for t in tables.tokens]))
     logits = stepper.prefill()
@@ -239,6 +253,8 @@ def constrained_beam_search(
         logp = logits.float().log_softmax(-1).view(batch, states.shape[1], -1)
         tok = tables.tokens[t][states]  # [B, b, M]
         valid = tables.valid[t][states]
+        if closed is not None:
+            valid = valid & open_slots(closed[t], tables.next_state[t][states])
         gain = logp.gather(-1, tok if position is None else position[tok])
         gain = torch.where(tables.scored[t][states].unsqueeze(-1), gain, torch.zeros_like(gain))
         cand = torch.where(valid, beam_scores.unsqueeze(-1) + gain, torch.full_like(gain, float("-inf")))

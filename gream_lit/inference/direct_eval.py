@@ -94,9 +94,18 @@ class DirectEvaluator(torch.nn.Module):
             eos_token_id=self._spec.eos_token_id,
         )
 
-    def rank(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BeamResult:
-        """Top ``num_beams`` items per prompt (left-padded for causal LMs), best first."""
-        return constrained_beam_search(model, input_ids, attention_mask, self.tables, self.num_beams, self._vocab)
+    def rank(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+    ) -> BeamResult:
+        """Top ``num_beams`` items per prompt (left-padded for causal LMs), best first, none of
+        ``exclude`` (``constrained_beam_search``)."""
+        return constrained_beam_search(
+            model, input_ids, attention_mask, self.tables, self.num_beams, self._vocab, exclude=exclude
+        )
 
     def step(
         self,
@@ -106,11 +115,12 @@ class DirectEvaluator(torch.nn.Module):
         attention_mask: torch.Tensor,
         target: torch.Tensor,
         split: str,
+        exclude: torch.Tensor | None = None,
     ) -> BeamResult:
         """Decode, update the ``split`` metrics and log them per epoch through ``module``."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        result = self.rank(model, input_ids, attention_mask)
+        result = self.rank(model, input_ids, attention_mask, exclude)
         metrics = self.metrics[split]
         metrics.update(result.items, target)
         module.log_dict(metrics, on_step=False, on_epoch=True, batch_size=target.shape[0])

@@ -222,8 +222,10 @@ def reason_then_rank(
     attention_mask: torch.Tensor,
     tables: PrefixTables,
     opts: ReasoningOptions = ReasoningOptions(),
+    exclude: torch.Tensor | None = None,
 ) -> ReasoningResult:
-    """One reasoning chain per user, then ``opts.num_beams`` constrained answers (always valid items)."""
+    """One reasoning chain per user, then ``opts.num_beams`` constrained answers (always valid items,
+    none of ``exclude``: ``constrained_beam_search``)."""
     engine = RolloutEngine(tokenizer)
     prefix = tokenizer(opts.think_prefix, add_special_tokens=False)["input_ids"]
     ids, mask = append_tokens(input_ids, attention_mask, prefix)
@@ -235,7 +237,13 @@ def reason_then_rank(
         rows.append(real + tokenizer(opts.think_prefix + reasoning, add_special_tokens=False)["input_ids"])
     answer_ids, answer_mask = left_pad(rows, tokenizer.pad_token_id, input_ids.device)
     beams = constrained_beam_search(
-        model, answer_ids, answer_mask, tables, opts.num_beams, max_cache_tokens=opts.answer_cache_tokens
+        model,
+        answer_ids,
+        answer_mask,
+        tables,
+        opts.num_beams,
+        max_cache_tokens=opts.answer_cache_tokens,
+        exclude=exclude,
     )
     best = tokenizer.batch_decode(beams.tokens[:, 0], skip_special_tokens=False)
     eos = tokenizer.eos_token or ""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from gream_lit.data.padding import pad
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.templates import DIRECT_EVAL_TEMPLATE
 from gream_lit.inference.constrained_beam import BeamResult, constrained_beam_search
@@ -42,11 +43,13 @@ def recommend(
     num_beams: int | None = None,
     batch_size: int = 16,
     prompt_fn: Callable[[Sequence[int], SemanticIndex, object], str] = direct_prompt,
+    exclude_seen: bool = False,
 ) -> BeamResult:
     """Top-``k`` catalogue items for each history (item indices, oldest first), best first.
 
     Decodes with the prefix-trie constraint, so every returned item exists; ``num_beams`` defaults to
-    ``k``. Returns a ``BeamResult`` with ``items``/``scores`` of shape ``[len(histories), k]``.
+    ``k``. ``exclude_seen``: no item of the history is returned (masked inside the search, so the list
+    stays full). Returns a ``BeamResult`` with ``items``/``scores`` of shape ``[len(histories), k]``.
     """
     if not histories:
         raise ValueError("recommend() needs at least one history")
@@ -60,9 +63,12 @@ def recommend(
     parts = []
     try:
         for start in range(0, len(histories), batch_size):
-            prompts = [prompt_fn(h, index, tokenizer) for h in histories[start : start + batch_size]]
-            enc = tokenize_left_padded(prompts, tokenizer, device)
-            parts.append(constrained_beam_search(model, enc["input_ids"], enc["attention_mask"], tables, beams))
+            chunk = [list(h) for h in histories[start : start + batch_size]]
+            enc = tokenize_left_padded([prompt_fn(h, index, tokenizer) for h in chunk], tokenizer, device)
+            exclude = pad(chunk, -1).to(device) if exclude_seen else None
+            parts.append(
+                constrained_beam_search(model, enc["input_ids"], enc["attention_mask"], tables, beams, exclude=exclude)
+            )
     finally:
         model.train(was_training)
     return BeamResult(

@@ -19,12 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from gream_lit.data import compact_format as compact
 from gream_lit.data.catalog import DataError
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import DirectPrompt
+from gream_lit.data.padding import pad
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
@@ -62,6 +64,12 @@ def collate_prompts(rows: list[dict]) -> dict[str, list]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
+def seen_tensor(batch: dict[str, list], device: torch.device | str) -> torch.Tensor | None:
+    """``[B, H]`` items each prompt's user must not be recommended (``-1`` padded), or ``None`` when the
+    data module does not exclude them (``exclude_seen``)."""
+    return pad(batch["seen"], -1).to(device) if "seen" in batch else None
+
+
 def check_one_length(index: SemanticIndex, path: str | Path) -> None:
     """Compact RL prompts end where the answer starts, so every ID must have the same number of tokens."""
     lengths = sorted(set(index.lengths().tolist()))
@@ -75,6 +83,7 @@ def check_one_length(index: SemanticIndex, path: str | Path) -> None:
 
 class RLDataModule(CatalogDataModule):
     """Prompts for SRPO rollouts; batches are ``{"messages", "target", "item", "user", "history"}`` lists
+    (plus ``seen`` with ``exclude_seen``)
     (``messages`` is a chat turn list, or the prompt text itself in the compact format).
 
     Args:
@@ -107,8 +116,18 @@ class RLDataModule(CatalogDataModule):
         seed: int = 42,
         system_prompt: str | None = None,
         prompt_format: str = "chat",
+        exclude_seen: bool = False,
     ) -> None:
-        super().__init__(data_dir, format, max_history, batch_size, eval_batch_size, num_workers, max_eval_users)
+        super().__init__(
+            data_dir,
+            format,
+            max_history,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            max_eval_users,
+            exclude_seen=exclude_seen,
+        )
         if mode not in MODES:
             raise DataError(f"RLDataModule: unknown mode {mode!r}; expected one of {MODES}")
         if prompt_format not in ("chat", "compact") or (prompt_format == "compact" and mode != "direct"):
@@ -185,6 +204,7 @@ class RLDataModule(CatalogDataModule):
                     "item": s.target,
                     "user": s.user,
                     "history": list(s.history),
+                    **({"seen": self.seen(s)} if self.exclude_seen else {}),
                 }
             )
         return rows

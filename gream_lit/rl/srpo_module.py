@@ -35,6 +35,7 @@ from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.bundle import write_bundle
+from gream_lit.inference.exclusion import drop_seen
 from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.reasoning import ReasoningOptions
 from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
@@ -52,6 +53,7 @@ from gream_lit.rl.kept import Kept, gather
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
 from gream_lit.rl.rewards import MODES, RewardContext, RewardResult, get_reward, parse_answer
+from gream_lit.rl.rl_data import seen_tensor
 from gream_lit.rl.rollout_callback import ROLLOUT_KEY, ROLLOUT_SECONDS_KEY, RolloutCallback
 
 log = logging.getLogger(__name__)
@@ -452,9 +454,10 @@ class SRPOModule(L.LightningModule):
             ids, mask = self.engine.encode(batch["messages"], self.device)
             target = torch.tensor(batch["item"], device=self.device)
             model = self._search[0] if split == "test" and self._search else self.policy
-            result = self.direct_eval.step(self, model, ids, mask, target, split)
+            result = self.direct_eval.step(self, model, ids, mask, target, split, seen_tensor(batch, self.device))
             return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
         rollout, ranked, _ = self._sample_ranked(batch, sampling)
+        ranked = drop_seen(ranked, seen_tensor(batch, ranked.device))
         results = self.score(rollout.texts, batch, rollout.group_size)
         target = torch.tensor(batch["item"])
         metrics.update(ranked, target)
@@ -509,9 +512,12 @@ class SRPOModule(L.LightningModule):
         if self.direct_eval is not None:
             ids, mask = self.engine.encode(batch["messages"], self.device)
             model = self._search[0] if self._search else self.policy
-            return {"user": user, "items": self.direct_eval.rank(model, ids, mask).items}
+            return {
+                "user": user,
+                "items": self.direct_eval.rank(model, ids, mask, seen_tensor(batch, self.device)).items,
+            }
         _, ranked, best = self._sample_ranked(batch, self.sampling["test"])
-        return {"user": user, "items": ranked, "texts": best}
+        return {"user": user, "items": drop_seen(ranked, seen_tensor(batch, ranked.device)), "texts": best}
 
     def on_predict_epoch_start(self) -> None:
         self.on_test_epoch_start()
