@@ -81,3 +81,31 @@ def test_the_llm_stage_tests_and_recommends_without_seen_items(tmp_path) -> None
     assert len(masked) == 4 and not set(masked) & set(history)
     with pytest.raises(ValueError, match="every catalogue item is excluded"):
         rec.recommend([str(i) for i in range(12)], k=4, exclude_seen=True)
+
+
+def test_a_finished_run_is_tested_and_predicted_without_seen_items_beside_its_own_results(tmp_path, capsys) -> None:
+    """``test``/``predict --exclude_seen`` on a run directory: every ranking stage gives each user none of
+    their history, in files beside the stage's own results; the SFT stage's beams keep the list full, the
+    SRPO stage (sampled decoding, 2 samples) drops what it sampled from the history."""
+    from test_gream_pipeline import experiment, write_inputs
+
+    paths = write_inputs(tmp_path)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(experiment(paths), sort_keys=False))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--run_dir", str(run)]) == 0
+    own = {stage: (run / stage / "test_per_user.jsonl").read_text() for stage in ("align", "rl")}
+    inter = json.loads((tmp_path / "data" / "Toy.inter.json").read_text())
+    capsys.readouterr()
+
+    assert main(["test", str(run), "--exclude_seen"]) == 0
+    assert main(["predict", str(run), "--exclude_seen"]) == 0
+    for stage in ("align", "rl"):
+        assert (run / stage / "test_per_user.jsonl").read_text() == own[stage]
+        tested = (run / stage / "eval_direct_exclude_seen" / "test_per_user.jsonl").read_text().splitlines()
+        predicted = (run / stage / "predictions_exclude_seen.jsonl").read_text().splitlines()
+        for row in map(json.loads, tested + predicted):
+            history = {str(i) for i in inter[row["user"]][:-1]}
+            assert not history & set(row["items"])
+            assert len(row["items"]) == 4 if stage == "align" else len(row["items"]) <= 2
+    assert not (run / "index" / "eval_direct_exclude_seen").exists()  # the index ranks nothing

@@ -752,29 +752,40 @@ def finished_stages(run: RunDir, only: str | None, command: str) -> Iterator[tup
 RANKING_MODES = ("direct", "reasoning")
 
 
-def _mode_overrides(mode: str) -> list[str]:
-    """The command-line flags that make a stage's saved config evaluate in ``mode``."""
+def _mode_overrides(mode: str, exclude_seen: bool = False) -> list[str]:
+    """The command-line flags that make a stage's saved config evaluate in ``mode`` (and, with
+    ``exclude_seen``, never rank an item the user already had)."""
     if mode not in RANKING_MODES:
         raise PipelineError(f"--mode {mode!r}; expected one of {RANKING_MODES}")
-    return ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
+    overrides = ["--data.init_args.eval_mode", "reasoning"] if mode == "reasoning" else []
+    return overrides + (["--data.init_args.exclude_seen", "true"] if exclude_seen else [])
 
 
-def eval_dir(stage_dir: Path, mode: str = "direct", max_eval_users: int | None = None) -> Path:
+def eval_dir(
+    stage_dir: Path, mode: str = "direct", max_eval_users: int | None = None, exclude_seen: bool = False
+) -> Path:
     """Where a re-evaluation of a finished stage writes: a subfolder, so the test the stage ran at the end of
     its fit (``metrics.json``, ``test_per_user.jsonl``) stays as it was."""
-    return stage_dir / (f"eval_{mode}" + (f"_{max_eval_users}users" if max_eval_users else ""))
+    cap = f"_{max_eval_users}users" if max_eval_users else ""
+    return stage_dir / (f"eval_{mode}" + cap + ("_exclude_seen" if exclude_seen else ""))
 
 
 def evaluate_run(
-    command: str, run: RunDir, only: str | None = None, mode: str = "direct", max_eval_users: int | None = None
+    command: str,
+    run: RunDir,
+    only: str | None = None,
+    mode: str = "direct",
+    max_eval_users: int | None = None,
+    exclude_seen: bool = False,
 ) -> dict[str, dict[str, float]]:
     """``validate``/``test`` every finished stage's best checkpoint once its fingerprints match; metrics
-    (``<command>_metrics.json``), per-user results and resources go to ``<stage>/eval_<mode>[_<N>users]/``,
-    so the stage's own files stay as the run wrote them.
+    (``<command>_metrics.json``), per-user results and resources go to
+    ``<stage>/eval_<mode>[_<N>users][_exclude_seen]/``, so the stage's own files stay as the run wrote them.
 
-    ``mode="reasoning"`` (stages trained to reason) or a ``max_eval_users`` cap evaluates differently from
-    the stage's own test, so only stages that rank items take part."""
-    overrides = _mode_overrides(mode)
+    ``mode="reasoning"`` (stages trained to reason), a ``max_eval_users`` cap or ``exclude_seen`` (the
+    protocol that never ranks an item of the user's history) evaluates differently from the stage's own
+    test, so only stages that rank items take part."""
+    overrides = _mode_overrides(mode, exclude_seen)
     if max_eval_users is not None and max_eval_users < 1:
         raise PipelineError(f"--max_eval_users must be >= 1, got {max_eval_users}")
     if max_eval_users is not None:
@@ -782,7 +793,7 @@ def evaluate_run(
     stages = ranking_stages(run, only, command, mode) if overrides else finished_stages(run, only, command)
     results = {}
     for stage, record in stages:
-        out_dir = eval_dir(run.stage_dir(stage), mode, max_eval_users)
+        out_dir = eval_dir(run.stage_dir(stage), mode, max_eval_users, exclude_seen)
         out_dir.mkdir(exist_ok=True)
         config_path = run.stage_dir(stage) / "config.yaml"
         ckpt = best_checkpoint(stage, record)
@@ -837,14 +848,18 @@ def ranking_stages(run: RunDir, only: str | None, command: str, mode: str) -> It
             log.warning("stage %s: skipping %s in %s mode, %s", stage, command, mode, skip)
 
 
-def predict_run(run: RunDir, only: str | None = None, mode: str = "direct") -> dict[str, Path]:
+def predict_run(
+    run: RunDir, only: str | None = None, mode: str = "direct", exclude_seen: bool = False
+) -> dict[str, Path]:
     """``predict`` with every finished stage's best checkpoint that can rank items: the stage's test users,
-    ranked raw item ids per user (``reasoning`` mode: and the text each wrote) in
-    ``<stage>/predictions[_reasoning].jsonl``; returns those files by stage."""
-    overrides = _mode_overrides(mode)
+    ranked raw item ids per user (``reasoning`` mode: and the text each wrote; ``exclude_seen``: none of
+    the user's history) in ``<stage>/predictions[_reasoning][_exclude_seen].jsonl``; returns those files
+    by stage."""
+    overrides = _mode_overrides(mode, exclude_seen)
+    suffix = ("_reasoning" if mode == "reasoning" else "") + ("_exclude_seen" if exclude_seen else "")
     out = {}
     for stage, record in ranking_stages(run, only, "predict", mode):
-        path = run.stage_dir(stage) / f"predictions{'_reasoning' if mode == 'reasoning' else ''}.jsonl"
+        path = run.stage_dir(stage) / f"predictions{suffix}.jsonl"
         config_path = run.stage_dir(stage) / "config.yaml"
         run_lightning("predict", config_path, best_checkpoint(stage, record), [PredictionWriter(str(path))], overrides)
         out[stage] = path

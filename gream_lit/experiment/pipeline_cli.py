@@ -82,6 +82,12 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
         p.add_argument(
             "--mode", default="direct", choices=RANKING_MODES, help="reasoning: think, then answer (curriculum stages)"
         )
+        p.add_argument(
+            "--exclude_seen",
+            action="store_true",
+            help="never rank an item the user already had (their whole earlier sequence); results go beside "
+            "the stage's own, which ranked the full catalogue (docs/evaluation.md)",
+        )
     if command in ("test", "validate"):
         p.add_argument(
             "--max_eval_users",
@@ -167,12 +173,12 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
     if is_run_dir:
         run = RunDir(args.target)
         if command == "predict":
-            for stage, path in predict_run(run, args.stage, args.mode).items():
+            for stage, path in predict_run(run, args.stage, args.mode, args.exclude_seen).items():
                 rank_zero_only(print)(f"predict: stage {stage}: {sum(1 for _ in path.open())} users -> {path}")
             return 0
         if command not in ("validate", "test"):
             raise PipelineError(f"'{command}' on a run directory is not supported; use validate, test or predict")
-        results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
+        results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users, args.exclude_seen)
     else:
         exp = load_experiment(args.config, _parse_set(args.set), args.seed)
         run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
@@ -184,13 +190,14 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
         if command == "fit":
             results = run_experiment(exp, run.root, args.stage)
         elif command in ("validate", "test"):
-            results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users)
+            results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users, args.exclude_seen)
         else:
             raise PipelineError(f"'{command}' is not supported on an experiment file; use fit, validate or test")
     if command != "validate" and results:  # each stage printed its own table as it ran
         mode, cap = getattr(args, "mode", "direct"), getattr(args, "max_eval_users", None)
+        seen = getattr(args, "exclude_seen", False)
         folders = {
-            stage: run.stage_dir(stage) if command == "fit" else eval_dir(run.stage_dir(stage), mode, cap)
+            stage: run.stage_dir(stage) if command == "fit" else eval_dir(run.stage_dir(stage), mode, cap, seen)
             for stage in results
         }
         rows = [(stage, metrics, _tested_users(folders[stage])) for stage, metrics in results.items()]
