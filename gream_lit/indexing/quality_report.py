@@ -1,7 +1,9 @@
 """Quality of a semantic-ID index: collisions, codebook use, balance, quantisation error, semantics.
 
 The semantic check asks whether the IDs mean anything: items sharing a 2-level prefix should share a
-leaf category (or title words) much more often than random pairs; the report gives that lift.
+leaf category (or title words) much more often than random pairs; the report gives that lift. The
+collaborative check asks whether they follow behaviour: items a user consumed one after the other should
+share a first code more often than chance (``collaborative.sequential_prefix_lift``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.split import train_sequences
+from gream_lit.indexing.collaborative import sequential_prefix_lift
 from gream_lit.indexing.collisions import collision_rate
 from gream_lit.tables import format_metric_table
 
@@ -149,6 +153,8 @@ def index_report(
         report["build_seconds"] = seconds
     if catalog is not None:
         report.update(semantic_lift(index, catalog))
+        for prefix in range(1, max(index.depth - 1, 1) + 1):
+            report.update(sequential_prefix_lift(index.codes, train_sequences(catalog), prefix))
     return report
 
 

@@ -69,5 +69,5 @@ class RQKMeansIndex(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         dm = self.trainer.datamodule
         index = SemanticIndex.from_json(self.hparams.output_path, n_items=dm.catalog.n_items)
-        report = index_report(index, emb=dm.embeddings.numpy())
+        report = index_report(index, dm.catalog, emb=dm.embeddings.numpy())
         self.log_dict({f"index/test/{k.replace('/', '_')}": float(v) for k, v in report.items()})

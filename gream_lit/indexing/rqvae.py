@@ -22,7 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.resumable import ResumableDataLoader
+from gream_lit.data.split import train_sequences
 from gream_lit.indexing.build import finalize_index
+from gream_lit.indexing.collaborative import cooccurrence_embeddings, fuse
 from gream_lit.indexing.collisions import COLLISION_MODES, collision_rate
 from gream_lit.indexing.embed import DEFAULT_ENCODER, build_encoder, embed_items, load_embeddings
 from gream_lit.indexing.kmeans import residual_kmeans, sinkhorn_prices, sq_dists
@@ -37,6 +39,10 @@ class ItemEmbeddingDataModule(CatalogDataModule):
     Args:
         embeddings: a precomputed ``.npy`` (rows = items); if empty the item text is embedded (and cached).
         encoder, encoder_kind, fields, cache_dir: how to embed, see ``gream_lit.indexing.embed``.
+        collaborative_weight: share of each item vector given to co-occurrence embeddings of the training
+            sequences (``indexing.collaborative``; 0 = text alone, GREAM's index), so that items users
+            consume together can share ID prefixes.
+        collaborative_dim, collaborative_window: size of those embeddings and the co-occurrence window.
     """
 
     def __init__(
@@ -51,10 +57,17 @@ class ItemEmbeddingDataModule(CatalogDataModule):
         batch_size: int = 1024,
         eval_batch_size: int = 4096,
         num_workers: int = 0,
+        collaborative_weight: float = 0.0,
+        collaborative_dim: int = 64,
+        collaborative_window: int = 3,
+        **kwargs,
     ) -> None:
         super().__init__(
-            data_dir, format, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers
+            data_dir, format, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, **kwargs
         )
+        if not 0.0 <= collaborative_weight <= 1.0:
+            raise ValueError(f"collaborative_weight must lie in [0, 1], got {collaborative_weight}")
+        self.collaborative = (collaborative_weight, collaborative_dim, collaborative_window)
         self.embeddings_path = embeddings
         self.encoder, self.encoder_kind, self.fields, self.cache_dir = encoder, encoder_kind, list(fields), cache_dir
         self.embeddings: torch.Tensor | None = None
@@ -67,6 +80,10 @@ class ItemEmbeddingDataModule(CatalogDataModule):
         else:
             encoder = build_encoder(self.encoder_kind, self.encoder)
             emb = embed_items(self.catalog, encoder, self.fields, cache_dir=self.cache_dir)
+        weight, dim, window = self.collaborative
+        if weight:
+            behaviour = cooccurrence_embeddings(train_sequences(self.catalog), self.catalog.n_items, dim, window)
+            emb = fuse(emb, behaviour, weight)
         self.embeddings = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
 
     def _loader(self, shuffle: bool, batch_size: int) -> DataLoader:
