@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 
 from gream_lit.experiment.cli import main
-from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.composition import PipelineError
 from gream_lit.experiment.report import flatten, is_index_stage, mean_std, write_report
 
 

@@ -36,8 +36,8 @@ import pandas as pd
 import yaml
 
 from gream_lit import stats
+from gream_lit.experiment.composition import PipelineError
 from gream_lit.experiment.per_user import FILE_NAME, read_per_user
-from gream_lit.experiment.pipeline import PipelineError
 
 DEFAULT_METRICS = ("*/test/*",)
 INTERVAL_METRICS = ("recall@10", "ndcg@10")
