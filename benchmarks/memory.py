@@ -21,8 +21,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gream_lit.experiment.pipeline import RunDir, load_experiment  # noqa: E402
+from gream_lit.experiment.preflight import load_experiment  # noqa: E402
 from gream_lit.experiment.resource_usage import read_resources  # noqa: E402
+from gream_lit.experiment.run_directory import RunDir  # noqa: E402
 
 PHASES = ("load", "train", "validate", "test")
 

@@ -17,7 +17,9 @@ import lightning as L
 
 from gream_lit.alignment.tasks.builders import parse_task_specs
 from gream_lit.experiment.composition import compose_file, is_pipeline_file
-from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import stage_config
 
 TRAINER_DEFAULTS = {
     name: p.default

@@ -12,7 +12,9 @@ from config_snapshot import finish_all
 
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.composition import PipelineError, compose_file, composed_config_args, deep_merge
-from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 

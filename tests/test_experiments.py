@@ -16,9 +16,11 @@ import pytest
 import yaml
 from config_snapshot import finish_all
 
-from gream_lit.experiment.composition import compose_file, composed_config_args, is_pipeline_file
+from gream_lit.experiment.composition import PipelineError, compose_file, composed_config_args, is_pipeline_file
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import PipelineError, RunDir, load_experiment, stage_config
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import stage_config
 from gream_lit.indexing.cli import _apply_config, _parser
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -12,7 +12,7 @@ import yaml
 
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.experiment.cli import main
-from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.composition import PipelineError
 from gream_lit.experiment.report import write_report
 from gream_lit.modeling.tiny import save_tiny_backbone
 
@@ -359,7 +359,8 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
 
 def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) -> None:
     """Without LoRA each checkpoint is a whole model: ``last.ckpt`` links to the kept one."""
-    from gream_lit.experiment.pipeline import resume_checkpoint, trains_full_model
+    from gream_lit.experiment.pipeline import resume_checkpoint
+    from gream_lit.experiment.stage_configs import trains_full_model
 
     paths = write_inputs(tmp_path)
     exp = experiment(paths)

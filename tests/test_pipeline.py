@@ -20,8 +20,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.experiment.cli import entry, main
 from gream_lit.experiment.composition import PipelineError, is_pipeline_file, resolve_includes, set_dotted
-from gream_lit.experiment.pipeline import CHECKPOINT_CLASS as CHECKPOINT
-from gream_lit.experiment.pipeline import load_experiment, resume_checkpoint, run_lock
+from gream_lit.experiment.pipeline import resume_checkpoint
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import run_lock
+from gream_lit.experiment.stage_configs import CHECKPOINT_CLASS as CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,10 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 
 from gream_lit.experiment.cli import main
-from gream_lit.experiment.pipeline import PipelineError
-from gream_lit.experiment.report import flatten, is_index_stage, mean_std, write_report
+from gream_lit.experiment.composition import PipelineError
+from gream_lit.experiment.report import write_report
+from gream_lit.experiment.report_runs import flatten
+from gream_lit.experiment.report_tables import is_index_stage, mean_std
 
 
 def fake_run(root: Path, name: str, seed: int, ndcg: float, lr: float = 0.001) -> Path:

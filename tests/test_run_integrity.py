@@ -16,7 +16,7 @@ from test_pipeline import tiny_experiment
 from gream_lit.experiment import pipeline_cli
 from gream_lit.experiment.cli import entry, main
 from gream_lit.experiment.composition import PipelineError
-from gream_lit.experiment.pipeline import load_experiment
+from gream_lit.experiment.preflight import load_experiment
 from gream_lit.experiment.relocation import adopt_moved_run
 from gream_lit.experiment.report import write_report
 

@@ -14,7 +14,9 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy, StrategyRegistry
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from gream_lit.experiment.pipeline import RunDir, load_experiment, stage_config
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import stage_config
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "gream_full_qwen3_4b.yaml"
 # Qwen/Qwen3-4B-Instruct-2507's config.json (the architecture only)

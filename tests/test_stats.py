@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from gream_lit import stats
 from gream_lit.experiment.cli import main
-from gream_lit.experiment.pipeline import PipelineError
+from gream_lit.experiment.composition import PipelineError
 
 
 def test_rank_metrics_by_hand():

@@ -18,8 +18,8 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from gream_lit.experiment.cli import main
-from gream_lit.experiment.composition import is_pipeline_file
-from gream_lit.experiment.pipeline import PipelineError, load_experiment
+from gream_lit.experiment.composition import PipelineError, is_pipeline_file
+from gream_lit.experiment.preflight import load_experiment
 from gream_lit.experiment.sweep import Sweep, objective_value, suggest, worker_sampler
 
 REPO = Path(__file__).resolve().parents[1]

@@ -82,7 +82,7 @@ class SFTModule(L.LightningModule):
         token_lr: peak learning rate of the new ID-token rows under LoRA (``None`` = ``lr``). They start
             with no meaning and are tied to the output head, so at a LoRA rate they move too slowly
             for a short run to tell the IDs apart (docs/results.md, "What moved the number 9×";
-            ``benchmarks/sft_memorise.py``).
+            ``analyses/sft_memorise.py``).
         weight_decay: AdamW weight decay.
         warmup_ratio: share of optimizer steps of linear warm-up before the cosine decay.
         num_beams: beams (= ranked list length) of the constrained search.

@@ -13,10 +13,9 @@ import sys
 
 from gream_lit.data.catalog import DataError
 from gream_lit.experiment.allocator import apply_configured_threshold, fix_mmap_threshold
-from gream_lit.experiment.composition import composed_config_args
+from gream_lit.experiment.composition import PipelineError, composed_config_args
 from gream_lit.experiment.console import quiet_third_party
 from gream_lit.experiment.lightning_cli import GreamCLI
-from gream_lit.experiment.pipeline import PipelineError
 from gream_lit.experiment.pipeline_cli import maybe_run_pipeline
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")

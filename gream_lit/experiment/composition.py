@@ -4,7 +4,7 @@ An experiment file (``pipeline``) and a single-stage LightningCLI config compose
 pieces merged under a mapping's own keys (relative to the file, else to the nearest ``configs/``), OmegaConf's
 merge, and ``${...}`` interpolations resolved at load time, except a pipeline stage's references to its run
 directory and itself (``${prev.…}``, ``${stages.…}``, ``${artifacts.…}``, ``${stage_dir}``, ``${run_dir}``,
-``${stage_name}``), which pass through as written for ``pipeline.resolve_refs``; a single-stage config that
+``${stage_name}``), which pass through as written for ``references.resolve_refs``; a single-stage config that
 holds one is an error naming the file and the key. The grammar is described once, in docs/configs.md.
 """
 

@@ -15,19 +15,13 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from gream_lit.experiment.composition import PipelineError, is_pipeline_file
+from gream_lit.experiment.evaluate import RANKING_MODES, eval_dir, evaluate_run, predict_run
 from gream_lit.experiment.per_user import FILE_NAME as PER_USER_FILE
 from gream_lit.experiment.per_user import read_per_user
-from gream_lit.experiment.pipeline import (
-    RANKING_MODES,
-    RunDir,
-    eval_dir,
-    evaluate_run,
-    load_experiment,
-    merged_stage,
-    predict_run,
-    run_experiment,
-    stage_config,
-)
+from gream_lit.experiment.pipeline import run_experiment
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import merged_stage, stage_config
 from gream_lit.tables import format_stage_table
 
 

@@ -1,23 +1,219 @@
-"""Check a stage's whole config as its LightningCLI job will parse it, before any stage runs.
+"""What is checked before any stage runs: an experiment file loaded and checked whole.
 
-``GreamCLI``'s own parser (jsonargparse) checks every nested key and type against the classes'
-signatures (``lora: {rr: 8}``, a misspelt ``rollout`` key, ``num_beams: 0`` where the type is
-``PositiveInt``) and stops before anything is instantiated, so no model or data is loaded. References
-to what earlier stages will write are still ``${...}`` strings here: a field that holds one is
-checked when its stage starts.
+Misspelt keys, references no earlier stage can satisfy and arguments the stages' classes do not take fail
+at load time; each stage's whole config is then parsed by its LightningCLI job's own parser (jsonargparse),
+which checks every nested key and type against the classes' signatures (``lora: {rr: 8}``, a misspelt
+``rollout`` key, ``num_beams: 0`` where the type is ``PositiveInt``) and stops before anything is
+instantiated, so no model or data is loaded. References to what earlier stages will write are still
+``${...}`` strings then: a field that holds one is checked when its stage starts, as are the inputs earlier
+stages have written (``check_ready_inputs``). The grammar being checked is described in docs/configs.md.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError
+from jsonargparse._parameter_resolvers import get_signature_parameters  # the parameters LightningCLI accepts
 
-from gream_lit.experiment.composition import REF, PipelineError
+from gream_lit.data.catalog import DataError
+from gream_lit.experiment.composition import (
+    REF,
+    PipelineError,
+    check_run_settings,
+    read_yaml,
+    resolve_includes,
+    resolve_static,
+    set_dotted,
+)
 from gream_lit.experiment.lightning_cli import GreamCLI
+from gream_lit.experiment.references import NotReady, own_artifacts, resolve_refs
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import PIPELINE_KEYS, merged_stage, stage_body, stage_class
+
+# sweep: read by `sweep`; mmap_threshold: glibc's, in bytes, for every stage (allocator.py)
+EXPERIMENT_KEYS = ("name", "seed_everything", "backbone", "defaults", "stages", "sweep", "mmap_threshold")
+# a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
+STAGE_KEYS = (
+    "model",
+    "data",
+    "trainer",
+    "seed_everything",
+    "ckpt_path",
+    "optimizer",
+    "lr_scheduler",
+    "test_after_fit",
+    *PIPELINE_KEYS,
+)
+
+
+def load_experiment(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """The merged experiment: includes resolved, overrides applied, dropped stages removed.
+
+    The name is the file's own ``name`` or its stem, never an included file's, so an ablation gets a
+    run directory of its own.
+    """
+    path = Path(path).resolve()
+    raw = read_yaml(path)
+    exp = resolve_includes(raw, path.parent)
+    if not isinstance(exp, dict) or not isinstance(exp.get("stages"), Mapping):
+        raise PipelineError(f"{path}: an experiment needs a top-level 'stages' mapping")
+    exp["name"] = raw.get("name", path.stem)
+    for key, value in (overrides or {}).items():
+        _check_override_stage(key, exp["stages"], path)
+        set_dotted(exp, key, value)
+    exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
+    exp = resolve_static(exp, path)
+    check_run_settings(exp, path)
+    if not exp["stages"]:
+        raise PipelineError(f"{path}: every stage was dropped")
+    for name, stage in exp["stages"].items():
+        if not isinstance(stage, Mapping) or "model" not in stage:
+            keys = sorted(stage) if isinstance(stage, Mapping) else stage
+            raise PipelineError(f"{path}: stage {name!r} needs a 'model' (got {keys!r})")
+    check_experiment(exp, path)
+    for name in exp["stages"]:
+        check_stage_arguments(merged_stage(exp, name), f"{path}: stage {name!r}")
+    for name in exp["stages"]:
+        check_stage_config(stage_body(merged_stage(exp, name)), f"{path}: stage {name!r}")
+    if seed is not None:
+        exp["seed_everything"] = seed
+        for stage in exp["stages"].values():
+            stage["seed_everything"] = seed
+    return exp
+
+
+def _check_override_stage(key: str, stages: Mapping[str, Any], path: Path) -> None:
+    """``--set stages.NAME.…`` must name a stage of the experiment: a typo would add a stage of its own."""
+    parts = key.split(".")
+    if parts[0] != "stages" or len(parts) < 2 or parts[1] in stages:
+        return
+    match = difflib.get_close_matches(parts[1], list(stages), 1)
+    hint = f" (did you mean {match[0]!r}?)" if match else ""
+    raise PipelineError(f"--set {key}: {path} has no stage {parts[1]!r}{hint}; stages: {', '.join(stages)}")
+
+
+def _unknown_keys(keys, allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else repr(k)
+            for k in unknown
+        ]
+        raise PipelineError(f"{where}: unknown key {', '.join(hints)}; allowed: {', '.join(allowed)}")
+
+
+def _references(node: Any) -> list[str]:
+    if isinstance(node, Mapping):
+        return [r for v in node.values() for r in _references(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _references(v)]
+    return REF.findall(node) if isinstance(node, str) else []
+
+
+def check_experiment(exp: Mapping[str, Any], path: Path) -> None:
+    """Fail before any stage runs on what would otherwise pass silently or fail late: misspelt keys
+    (``seed_everyting``, ``defualts``, ``--set stage.x=...``) and references to artifacts or stages
+    that no earlier stage provides."""
+    _unknown_keys(exp, EXPERIMENT_KEYS, str(path))
+    order = list(exp["stages"])
+    for name in order:
+        stage = exp["stages"][name]
+        _unknown_keys(stage, STAGE_KEYS, f"{path}: stage {name!r}")
+        earlier = order[: order.index(name)]
+        for ref in _references({k: v for k, v in stage.items() if k not in PIPELINE_KEYS}):
+            expr, has_default, _ = ref.partition("|")
+            parts = expr.strip().split(".")
+            if parts[0] == "artifacts" and ".".join(parts[1:]) not in (stage.get("artifacts") or {}):
+                raise PipelineError(
+                    f"{path}: stage {name!r}: ${{{ref}}}: the stage declares no artifact {'.'.join(parts[1:])!r} "
+                    f"(declared: {', '.join(stage.get('artifacts') or {}) or 'none'})"
+                )
+            if has_default or parts[0] not in ("prev", "stages"):
+                continue
+            if parts[0] == "stages":
+                if len(parts) < 3 or parts[1] not in earlier:
+                    raise PipelineError(
+                        f"{path}: stage {name!r}: ${{{ref}}} must name an earlier stage ({', '.join(earlier) or 'none'})"
+                    )
+                sources, path_parts = [parts[1]], parts[2:]
+            else:
+                if not earlier:
+                    raise PipelineError(f"{path}: stage {name!r}: ${{{ref}}} but no stage runs before it")
+                sources, path_parts = earlier, parts[1:]
+            if path_parts[:1] == ["artifacts"]:
+                key = ".".join(path_parts[1:])
+                if not any(key in (exp["stages"][s].get("artifacts") or {}) for s in sources):
+                    raise PipelineError(
+                        f"{path}: stage {name!r}: ${{{ref}}}: no earlier stage declares artifact {key!r} "
+                        f"(add it under that stage's 'artifacts:' or give a default: ${{{expr.strip()}|value}})"
+                    )
+
+
+def check_stage_arguments(stage: Mapping[str, Any], where: str) -> None:
+    """The stage's model and data classes exist and get every top-level argument they require and none they
+    do not take, so a typo or a missing path in the last stage fails before the first stage runs.
+
+    The parameters are those LightningCLI will accept: jsonargparse's resolver follows ``**kwargs`` into
+    the parent classes (``AlignmentDataModule`` -> ``CatalogDataModule``)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for part in ("model", "data"):
+        spec = stage.get(part)
+        try:
+            cls = stage_class(stage, part)
+        except (ImportError, AttributeError, ValueError) as e:
+            class_path = spec.get("class_path") if isinstance(spec, Mapping) else spec
+            raise PipelineError(f"{where}: {part}: class_path {class_path!r} cannot be imported ({e})") from e
+        if cls is None:
+            continue
+        if isinstance(spec, Mapping):
+            _unknown_keys(spec, ["class_path", "init_args", "dict_kwargs"], f"{where}: {part}")
+        given = spec.get("init_args") or {} if isinstance(spec, Mapping) else {}
+        if not isinstance(given, Mapping):
+            raise PipelineError(f"{where}: {part}.init_args: expected a mapping, got {given!r}")
+        params = get_signature_parameters(cls)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            _unknown_keys(given, [p.name for p in params], f"{where}: {part} {cls.__name__}")
+        missing = [
+            p.name
+            for p in params
+            if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in given
+        ]
+        if missing:
+            raise PipelineError(f"{where}: {part} {cls.__name__} needs init_args {', '.join(map(repr, missing))}")
+
+
+def check_ready_inputs(exp: Mapping[str, Any], run: RunDir, start: str) -> None:
+    """Before ``start`` runs, every stage from it on whose data class has ``check_inputs`` checks the inputs
+    that earlier stages have already written (an index whose IDs SRPO's compact prompts cannot use fails
+    here, not after the stages in between)."""
+    order = list(exp["stages"])
+    declared = {name: exp["stages"][name].get("artifacts") or {} for name in order}
+    for name in order[order.index(start) :]:
+        raw = merged_stage(exp, name)
+        cls = stage_class(raw, "data")
+        check = getattr(cls, "check_inputs", None)
+        if check is None:
+            continue
+        data = raw.get("data")
+        given = data.get("init_args") or {} if isinstance(data, Mapping) else {}
+        try:
+            init_args = resolve_refs(own_artifacts(given, raw.get("artifacts") or {}), run, name, order, declared)
+        except NotReady:
+            continue
+        try:
+            check(init_args)
+        except DataError as e:
+            raise PipelineError(f"stage {name!r} (data.init_args) would fail when it starts: {e}") from e
+
 
 _BOILERPLATE = re.compile(
     r"^(Does not validate against|Subtypes:|Errors:|Expected a <class 'NoneType'>|Given value|"

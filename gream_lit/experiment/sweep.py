@@ -53,14 +53,11 @@ import sqlalchemy
 import yaml
 from optuna_integration import PyTorchLightningPruningCallback
 
-from gream_lit.experiment.pipeline import (
-    PipelineError,
-    RunDir,
-    import_class,
-    load_experiment,
-    run_experiment,
-    set_dotted,
-)
+from gream_lit.experiment.composition import PipelineError, set_dotted
+from gream_lit.experiment.pipeline import run_experiment
+from gream_lit.experiment.preflight import load_experiment
+from gream_lit.experiment.run_directory import RunDir
+from gream_lit.experiment.stage_configs import import_class
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 user under four (history -> target) pairs: validation, test, the validation prompt with the test target,
 and a one-item-shorter prompt with the validation target (docs/results.md, "The quickstart on MovieLens-100K").
 
-    python benchmarks/ml100k_target_gap.py <run>/hf/adapter
+    PYTHONPATH=. python analyses/ml100k_target_gap.py <run>/hf/adapter
 """
 
 import argparse

@@ -4,9 +4,9 @@ A diagnostic for learning rates, not a benchmark of speed: a model that cannot r
 32 training prompts after ten passes will not generalise either. This is how ``token_lr`` was found
 (docs/results.md, "What moved the number 9×").
 
-    python benchmarks/sft_memorise.py --lr 1e-3                   # LoRA, ID-token rows at the LoRA rate
-    python benchmarks/sft_memorise.py --lr 1e-3 --token_lr 3e-2   # ID-token rows at their own rate
-    python benchmarks/sft_memorise.py --lr 1e-4 --full            # full fine-tuning
+    PYTHONPATH=. python analyses/sft_memorise.py --lr 1e-3                   # LoRA, ID-token rows at the LoRA rate
+    PYTHONPATH=. python analyses/sft_memorise.py --lr 1e-3 --token_lr 3e-2   # ID-token rows at their own rate
+    PYTHONPATH=. python analyses/sft_memorise.py --lr 1e-4 --full            # full fine-tuning
 
 Needs an index of the MovieLens-100K quickstart (runs/quickstart/index/ml-100k.index.json by default).
 """

@@ -6,7 +6,7 @@ timestamp with the one before it, how often its movie id is above 1,000, and how
 (``seq[:-2]`` of every user, what the models learn from) the item has, tied and not tied (docs/results.md, "The
 quickstart on MovieLens-100K").
 
-    python benchmarks/ml100k_tie_order.py
+    PYTHONPATH=. python analyses/ml100k_tie_order.py
 """
 
 import statistics
