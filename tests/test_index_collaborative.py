@@ -42,7 +42,7 @@ def test_the_index_stage_quantises_text_and_behaviour_and_reports_the_lift(tmp_p
     split nothing along behaviour; fused IDs give their first code to the groups users walk."""
     import json
 
-    import lightning as L
+    from test_baselines import quiet_trainer
 
     from gream_lit.data.semantic_index import SemanticIndex
     from gream_lit.indexing.rqkmeans_stage import RQKMeansIndex
@@ -62,14 +62,7 @@ def test_the_index_stage_quantises_text_and_behaviour_and_reports_the_lift(tmp_p
         out = tmp_path / f"w{weight}.index.json"
         dm = ItemEmbeddingDataModule(str(data), embeddings=str(tmp_path / "emb.npy"), collaborative_weight=weight)
         model = RQKMeansIndex(str(out), levels=2, codebook_size=4, collision="reassign", n_init=1)
-        trainer = L.Trainer(
-            max_epochs=1,
-            limit_train_batches=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1)
         trainer.fit(model, datamodule=dm)
         [result] = trainer.test(model, datamodule=dm)
         lifts[weight] = result["index/test/collaborative_next_item_prefix1_lift"]

@@ -49,13 +49,8 @@ class History(L.Callback):
         self.steps.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def fit(
-    data_dir: Path, mode: str = "direct", epochs: int = 1, callbacks: tuple = (), **kwargs
-) -> tuple[SRPOModule, list[dict]]:
-    L.seed_everything(0)
-    dm = RLDataModule(
-        data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode=mode, batch_size=4, max_val_prompts=4
-    )
+def srpo_options(mode: str = "direct", **kwargs) -> dict:
+    """The tiny SRPO module's arguments, ``kwargs`` over them."""
     options = dict(
         backbone="tiny",
         tiny=TINY,
@@ -70,8 +65,17 @@ def fit(
         weight_decay=0.0,
         log_samples_every=0,
     )
-    options.update(kwargs)
-    module = SRPOModule(**options)
+    return {**options, **kwargs}
+
+
+def fit(
+    data_dir: Path, mode: str = "direct", epochs: int = 1, callbacks: tuple = (), **kwargs
+) -> tuple[SRPOModule, list[dict]]:
+    L.seed_everything(0)
+    dm = RLDataModule(
+        data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), mode=mode, batch_size=4, max_val_prompts=4
+    )
+    module = SRPOModule(**srpo_options(mode, **kwargs))
     history = History()
     trainer = L.Trainer(
         max_epochs=epochs,

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from test_srpo import TINY, write_two_item_catalog
+from test_srpo import TINY, srpo_options, write_two_item_catalog
 
 from gream_lit.inference.sampling import Rollout
 from gream_lit.rl import telemetry
@@ -136,21 +136,15 @@ def test_tensorboard_of_an_srpo_stage_holds_a_scalar_per_step(tmp_path: Path) ->
         max_val_prompts=4,
     )
     module = SRPOModule(
-        backbone="tiny",
-        tiny=TINY,
-        mode="direct",
-        rollout={"n": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 3},
-        val_sampling={"n": 2, "temperature": 0.6, "top_p": 0.8, "max_new_tokens": 3},
-        # as plain dicts, as the CLI hands them over (a frozen default fails TensorBoard's hparams.yaml)
-        test_sampling={"n": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 3},
-        update_groups=2,
-        max_gen_batches=1,
-        mini_batch_groups=1,
-        pass_k=2,
-        lr=5e-3,
-        warmup_steps=1,
-        weight_decay=0.0,
-        log_samples_every=1,
+        **srpo_options(
+            "direct",
+            val_sampling={"n": 2, "temperature": 0.6, "top_p": 0.8, "max_new_tokens": 3},
+            # as plain dicts, as the CLI hands them over (a frozen default fails TensorBoard's hparams.yaml)
+            test_sampling={"n": 2, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 3},
+            update_groups=2,
+            mini_batch_groups=1,
+            log_samples_every=1,
+        )
     )
     logger = TensorBoardLogger(tmp_path / "tb", name="rl")
     trainer = L.Trainer(
