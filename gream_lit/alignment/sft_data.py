@@ -145,7 +145,11 @@ class AlignmentDataModule(CatalogDataModule):
             ``compact`` (``compact_format``: bare ID tokens after a short prefix, about a third of the
             tokens; needed by the ``seqdense`` task).
         seed: template and subset sampling seed.
+
+    Satisfies ``data.stage_data.SFTStageData``, what ``SFTModule`` reads.
     """
+
+    eval_mode = "direct"  # next-item evaluation prompts ask for an ID (CurriculumDataModule: or reasoning)
 
     def __init__(
         self,
@@ -312,6 +316,10 @@ class AlignmentDataModule(CatalogDataModule):
         if self.prompt_format == "compact":
             return DirectPrompt("compact", self.max_length, self.max_history)
         return DirectPrompt("chat", self.max_length, self.max_history, self.eval_system_prompt)
+
+    def reasoning_prompt(self) -> DirectPrompt | None:
+        """The layout of reasoning-mode prompts: none, alignment data has no reasoning mode."""
+        return None
 
     def eval_prompt_layout(self) -> DirectPrompt:
         """The layout of the validation and test prompts: the direct-mode one here."""

@@ -11,7 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveInt  # a range the preflight checks
@@ -21,17 +20,17 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 
 from gream_lit.alignment.sft_data import label_index as flat_label_index
 from gream_lit.data.direct_prompt import DirectPrompt
-from gream_lit.inference.bundle import write_bundle
+from gream_lit.data.stage_data import SFTStageData
 from gream_lit.inference.constrained_beam import constrained_beam_search, vocab_positions
+from gream_lit.inference.llm_stage import LLMStageModule
 from gream_lit.inference.prefix_tables import build_per_position_tables, build_prefix_tables, id_vocab, index_token_ids
-from gream_lit.inference.reasoning import ReasoningOptions
-from gream_lit.inference.search_precision import check_test_dtype, search_model
+from gream_lit.inference.search_precision import check_test_dtype
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import load_causal_lm, resolve
 from gream_lit.modeling.checkpointing import LongBatchCheckpointing
 from gream_lit.modeling.lora import TOKEN_ROWS, LoraOptions, apply_lora
-from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
+from gream_lit.modeling.slim_checkpoint import weights_fingerprint
 from gream_lit.modeling.vocab import extend_model_vocab
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def assistant_token_loss(
     return F.cross_entropy(logits.float(), mapped)
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(LLMStageModule):
     """Causal-LM SFT with LoRA (or full fine-tuning) and direct-mode ranking evaluation.
 
     Args:
@@ -88,7 +87,7 @@ class SFTModule(L.LightningModule):
         num_beams: beams (= ranked list length) of the constrained search.
         constraint: ``trie`` (only catalogue IDs) or ``per_position`` (the official rule, docs/gream_spec.md §8.1).
         ks: cut-offs of the ranking metrics.
-        stage: first part of the log keys (``sft/val/ndcg@10``).
+        stage: first part of the log keys (``sft/val/ndcg@10``): the module's ``log_prefix``.
         export_merged: at the end of fit also write ``hf/model``, the LoRA-merged model (a full copy
             of the base, 540 MB for SmolLM2). Off by default: the next stage and
             ``gream_lit.modeling.backbone.load_causal_lm`` load the ``hf/adapter`` hand-off directly.
@@ -111,6 +110,8 @@ class SFTModule(L.LightningModule):
             activations in the backward pass (same gradients, a third more compute on those batches,
             the peak memory of a shorter batch; ``modeling.checkpointing``). ``None``: never.
     """
+
+    data_contract = SFTStageData
 
     def __init__(
         self,
@@ -145,26 +146,35 @@ class SFTModule(L.LightningModule):
         self.save_hyperparameters()
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.model: torch.nn.Module | None = None
-        self.tokenizer = None
         self.tables = None
         self.vocab: torch.Tensor | None = None
-        self.base_fingerprint: str | None = None
-        # LoRA checkpoints hold the trained weights only; the frozen base is rebuilt from its path
-        self.strict_loading = self.lora is None
         self.eval_metrics: dict[tuple[str, int], torch.nn.Module] = {}
         self.checkpointing: LongBatchCheckpointing | None = None
-        self._search: list[torch.nn.Module] = []  # the test's decoding model (``test_dtype``), unregistered
+
+    @property
+    def log_prefix(self) -> str:
+        return self.hparams.stage
+
+    @property
+    def stage_model(self) -> torch.nn.Module:
+        return self.model
+
+    def base_source(self) -> str:
+        return self.hparams.model_path or "the datamodule backbone"
+
+    def merges_for_search(self) -> bool:
+        return self.hparams.merge_for_test
 
     def setup(self, stage: str) -> None:
         avoid_cudnn_attention(self.trainer.strategy.root_device, self.hparams.avoid_cudnn_attention)
         if stage == "fit":
-            check_monitors(self.trainer.callbacks, self.hparams.stage)
+            check_monitors(self.trainer.callbacks, self.log_prefix)
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        dm = self.trainer.datamodule
-        if getattr(dm, "tokenizer", None) is None or getattr(dm, "index", None) is None:
+        dm: SFTStageData = self.stage_data()
+        if dm.tokenizer is None or dm.index is None:
             raise ValueError("SFTModule needs a datamodule exposing `tokenizer` and `index` (e.g. AlignmentDataModule)")
         self.tokenizer, index = dm.tokenizer, dm.index
         name = self.hparams.model_path or dm.backbone
@@ -203,7 +213,7 @@ class SFTModule(L.LightningModule):
         loss = assistant_token_loss(hidden, batch["labels"], head, batch.get("label_index"), vocab)
         if self._check_finite() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        stage, size = self.hparams.stage, batch["input_ids"].shape[0]
+        stage, size = self.log_prefix, batch["input_ids"].shape[0]
         self.log(f"{stage}/train/loss", loss, prog_bar=True, batch_size=size)
         if self._trainer is not None and self.trainer.optimizers:
             self.log(f"{stage}/train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
@@ -216,12 +226,12 @@ class SFTModule(L.LightningModule):
         """Tokens trained per second (non-padding tokens of the batch over its forward, backward and step)."""
         seconds = max(time.perf_counter() - self._batch_start, 1e-9)
         # a tensor: no host sync on an accelerator (Lightning reads it at logging steps only)
-        self.log(f"{self.hparams.stage}/train/tokens_per_s", batch["attention_mask"].sum() / seconds, batch_size=1)
+        self.log(f"{self.log_prefix}/train/tokens_per_s", batch["attention_mask"].sum() / seconds, batch_size=1)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:  # one fused norm over the trained weights, not one per parameter
-            self.log(f"{self.hparams.stage}/train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
+            self.log(f"{self.log_prefix}/train/grad_norm", torch.nn.utils.get_total_norm(grads), batch_size=1)
 
     def _check_finite(self) -> bool:
         """Every step on the CPU; on an accelerator only at logging steps, since reading the loss makes
@@ -237,7 +247,7 @@ class SFTModule(L.LightningModule):
             self.tables = self.tables.to(self.device)
         vocab = None if self.vocab is None else self.vocab.to(self.device)
         result = constrained_beam_search(
-            self._search[0] if self._search else self.model,
+            self.decoding_model(),
             batch["input_ids"],
             batch["attention_mask"],
             self.tables,
@@ -252,9 +262,9 @@ class SFTModule(L.LightningModule):
         (``eval_set_names``, e.g. ``item2index``) log under ``stage/split/<name>/``."""
         key = (split, dataloader_idx)
         if key not in self.eval_metrics:
-            names = getattr(self.trainer.datamodule, "eval_set_names", lambda: ["direct"])()
+            names = self.stage_data().eval_set_names()
             suffix = f"{names[dataloader_idx]}/" if dataloader_idx else ""
-            prefix = f"{self.hparams.stage}/{split}/{suffix}"
+            prefix = f"{self.log_prefix}/{split}/{suffix}"
             self.eval_metrics[key] = ranking_metrics(self.hparams.ks, prefix=prefix).to(self.device)
         return self.eval_metrics[key]
 
@@ -275,7 +285,7 @@ class SFTModule(L.LightningModule):
 
     def _log_decoded(self, target: torch.Tensor, items: torch.Tensor, n: int = 3) -> None:
         """A few validation users' target and top-3 items by title, as TensorBoard text."""
-        catalog = getattr(self.trainer.datamodule, "catalog", None)
+        catalog = self.stage_data().catalog
         loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
         if catalog is None or not loggers or not self.trainer.is_global_zero:
             return
@@ -284,7 +294,7 @@ class SFTModule(L.LightningModule):
             top = [f"**{catalog.title(i)}**" if i == t else catalog.title(i) for i in row[:3] if i >= 0]
             lines.append(f"| {catalog.title(t)} | {'; '.join(top)} |")
         for logger in loggers:
-            logger.experiment.add_text(f"{self.hparams.stage}/val/decoded", "\n".join(lines), self.global_step)
+            logger.experiment.add_text(f"{self.log_prefix}/val/decoded", "\n".join(lines), self.global_step)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._direct_step("val", batch, dataloader_idx, batch_idx)
@@ -295,29 +305,13 @@ class SFTModule(L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._direct_step("test", batch, dataloader_idx)
 
-    def on_test_epoch_start(self) -> None:
-        if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
-            self.model.merge_adapter()
-        self._search = [search_model(self.model, self.hparams.test_dtype)]
-
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
-        self._end_search()
-
-    def _end_search(self) -> None:
-        self._search = []
-        if self.hparams.merge_for_test and isinstance(self.model, PeftModel):
-            self.model.unmerge_adapter()
+        super().on_test_epoch_end()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Ranked items of the test users' prompts (``inference.PredictionWriter`` writes raw ids)."""
         return {"user": batch["user"], "items": self.recommend(batch)}
-
-    def on_predict_epoch_start(self) -> None:
-        self.on_test_epoch_start()
-
-    def on_predict_epoch_end(self) -> None:
-        self._end_search()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -362,35 +356,17 @@ class SFTModule(L.LightningModule):
             self.model.save_pretrained(out / "model")
             self.tokenizer.save_pretrained(out / "model")
             folders.append(out / "model")
-        dm = self.trainer.datamodule
-        if hasattr(dm, "direct_prompt"):
-            for folder in folders:
-                write_bundle(
-                    folder,
-                    dm.index,
-                    dm.catalog.item_ids,
-                    dm.direct_prompt(),
-                    self.hparams.logits_vocab,
-                    self.hparams.num_beams,
-                    self.hparams.stage,
-                    self.bundle_reasoning(),
-                )
+        self.write_bundles(*folders)
         return out
 
-    def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
-        """The reasoning mode the hand-off bundle offers: none for a stage that only learned IDs."""
-        return None
+    def bundle_prompt(self) -> DirectPrompt:
+        return self.stage_data().direct_prompt()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Under LoRA keep only what is trained (adapter, ID-token rows): tens of MB instead of a copy
-        of the frozen base, which the checkpoint names by path and fingerprint instead."""
-        if self.lora is not None:
-            keep_trained(checkpoint, self, self.base_fingerprint)
+        """A slim checkpoint under LoRA (``LLMStageModule``), and the hand-off folders beside it."""
+        super().on_save_checkpoint(checkpoint)
         if self.trainer.is_global_zero:
             self.save_handoff(merged=False)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_base(checkpoint, self.base_fingerprint, self.hparams.model_path or "the datamodule backbone")
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:

@@ -57,6 +57,8 @@ class CurriculumDataModule(AlignmentDataModule):
         short_per_user: ``short`` rows per user, at its latest training positions.
         thought_source: which kinds thoughts name (``short_thoughts.TERM_SOURCES``).
         **kwargs: ``AlignmentDataModule`` arguments (index, backbone, tasks, passes, max_length, ...).
+
+    Satisfies ``data.stage_data.ReasoningStageData``, what ``ReasoningSFTModule`` reads.
     """
 
     def __init__(

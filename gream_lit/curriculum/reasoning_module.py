@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from gream_lit.alignment.sft_module import SFTModule
 from gream_lit.data.direct_prompt import DirectPrompt
+from gream_lit.data.stage_data import ReasoningStageData
 from gream_lit.data.text_format import PARSE_FAILURES
 from gream_lit.inference.exclusion import drop_seen
 from gream_lit.inference.reasoning import (
@@ -62,22 +63,21 @@ class ReasoningSFTModule(SFTModule):
         self._seconds: dict[str, float] = {"val": 0.0, "test": 0.0}
 
     def _reasoning_on(self, dataloader_idx: int) -> bool:
-        return dataloader_idx == 0 and getattr(self.trainer.datamodule, "eval_mode", "direct") == "reasoning"
+        return dataloader_idx == 0 and self.stage_data().eval_mode == "reasoning"
 
     def reason(self, batch: dict[str, torch.Tensor]) -> ReasoningResult:
-        opts = self.reasoning
-        layout = getattr(self.trainer.datamodule, "cot_layout", "official")
+        opts, dm = self.reasoning, self.stage_data(ReasoningStageData)
+        layout = dm.cot_layout
         if layout != opts.layout:
             raise ValueError(
-                f"{self.hparams.stage}: the data module's cot_layout is {layout!r} but reasoning.layout is "
+                f"{self.log_prefix}: the data module's cot_layout is {layout!r} but reasoning.layout is "
                 f"{opts.layout!r}; set model.init_args.reasoning.layout: {layout}"
             )
         if opts.decoder == "sample_rank":
             if self._lookup is None:
-                self._lookup = sid_lookup(self.trainer.datamodule.index)
-            index = self.trainer.datamodule.index
+                self._lookup = sid_lookup(dm.index)
             result = sample_and_rank(
-                self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], index, opts, self._lookup
+                self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], dm.index, opts, self._lookup
             )
             return replace(result, items=drop_seen(result.items, batch.get("seen")))
         if self.tables.tokens[0].device != self.device:
@@ -100,7 +100,7 @@ class ReasoningSFTModule(SFTModule):
         self._seconds[split] += time.perf_counter() - start
         self._top1[split] += result.items[:, 0].tolist()
         if self.reasoning.layout == "short":
-            grounded = self.trainer.datamodule.grounded(batch["user"].tolist(), result.texts)
+            grounded = self.stage_data(ReasoningStageData).grounded(batch["user"].tolist(), result.texts)
             self.grounded_rates[split].update(torch.tensor(grounded, dtype=torch.float, device=self.device))
         self._metrics(split, 0).update(result.items, batch["target"])
         self.parse_rates[split].update(result.parsed.float().to(self.device))
@@ -117,7 +117,7 @@ class ReasoningSFTModule(SFTModule):
                 for k, text in enumerate(texts):
                     # markdown would eat the <think>/<answer> tags; a code block shows them verbatim
                     logger.experiment.add_text(
-                        f"{self.hparams.stage}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step
+                        f"{self.log_prefix}/{split}/reasoning_{k}", f"```\n{text}\n```", self.global_step
                     )
 
     def _log_rates(self, split: str) -> None:
@@ -126,12 +126,12 @@ class ReasoningSFTModule(SFTModule):
         rates.append(("grounded_rate", self.grounded_rates[split]))
         for name, metric in rates:
             if metric.update_count:
-                self.log(f"{self.hparams.stage}/{split}/{name}", metric.compute())
+                self.log(f"{self.log_prefix}/{split}/{name}", metric.compute())
                 metric.reset()
         top1, seconds = self._top1[split], self._seconds[split]
         if top1:
-            self.log(f"{self.hparams.stage}/{split}/distinct_top1", len(set(top1)) / len(top1))
-            self.log(f"{self.hparams.stage}/{split}/users_per_s", len(top1) / max(seconds, 1e-9))
+            self.log(f"{self.log_prefix}/{split}/distinct_top1", len(set(top1)) / len(top1))
+            self.log(f"{self.log_prefix}/{split}/users_per_s", len(top1) / max(seconds, 1e-9))
         self._top1[split], self._seconds[split] = [], 0.0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
@@ -156,5 +156,5 @@ class ReasoningSFTModule(SFTModule):
         return {"user": batch["user"], "items": result.items, "texts": result.texts}
 
     def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
-        prompt = getattr(self.trainer.datamodule, "reasoning_prompt", None)
-        return None if prompt is None else (self.reasoning, prompt())
+        prompt = self.stage_data().reasoning_prompt()
+        return None if prompt is None else (self.reasoning, prompt)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,32 +40,41 @@ LOGITS_VOCABS = ("full", "ids")
 MODES = ("direct", "reasoning")
 
 
-def write_bundle(
-    folder: str | Path,
-    index: SemanticIndex,
-    item_ids: Sequence[str],
-    prompt: DirectPrompt,
-    logits_vocab: str = "full",
-    num_beams: int = 10,
-    stage: str = "",
-    reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None,
-) -> Path:
-    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter;
-    ``reasoning``: the decoding options and prompt layout of a stage trained to reason (``None``: not)."""
-    if len(item_ids) != index.n_items:
-        raise ValueError(f"{len(item_ids)} item ids for an index of {index.n_items} items")
-    if logits_vocab not in LOGITS_VOCABS:
-        raise ValueError(f"logits_vocab {logits_vocab!r}; expected one of {LOGITS_VOCABS}")
+@dataclass(frozen=True)
+class BundleSpec:
+    """What a stage's bundle holds besides the model: the catalogue's semantic-ID index, its raw item ids
+    in index order, the direct-mode prompt layout, the softmax vocabulary (``full`` or ``ids``), the beam
+    count, the stage name, and the decoding options and prompt layout of a stage trained to reason
+    (``None``: not)."""
+
+    index: SemanticIndex
+    item_ids: Sequence[str]
+    prompt: DirectPrompt
+    logits_vocab: str = "full"
+    num_beams: int = 10
+    stage: str = ""
+    reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.item_ids) != self.index.n_items:
+            raise ValueError(f"{len(self.item_ids)} item ids for an index of {self.index.n_items} items")
+        if self.logits_vocab not in LOGITS_VOCABS:
+            raise ValueError(f"logits_vocab {self.logits_vocab!r}; expected one of {LOGITS_VOCABS}")
+
+
+def write_bundle(folder: str | Path, bundle: BundleSpec) -> Path:
+    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index.to_json(folder / INDEX_FILE)
+    bundle.index.to_json(folder / INDEX_FILE)
+    reasoning = bundle.reasoning
     spec = {
         "format_version": 1,
-        "stage": stage,
-        "prompt": prompt.to_dict(),
-        "logits_vocab": logits_vocab,
-        "num_beams": num_beams,
-        "item_ids": [str(i) for i in item_ids],
+        "stage": bundle.stage,
+        "prompt": bundle.prompt.to_dict(),
+        "logits_vocab": bundle.logits_vocab,
+        "num_beams": bundle.num_beams,
+        "item_ids": [str(i) for i in bundle.item_ids],
         "reasoning": None if reasoning is None else {"options": asdict(reasoning[0]), "prompt": reasoning[1].to_dict()},
         "metrics": {},
     }

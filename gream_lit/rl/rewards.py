@@ -148,6 +148,25 @@ class RewardContext:
     catalog: Catalog | None = None
 
 
+def prompt_contexts(
+    batch: dict, mode: str, direct_len: tuple[int, int], index: SemanticIndex, catalog: Catalog
+) -> list[RewardContext]:
+    """The context of each prompt of an ``RLDataModule`` batch (``target``, ``item``, ``user``, ``history``)."""
+    return [
+        RewardContext(
+            target=target,
+            mode=mode,
+            direct_len=direct_len,
+            item=batch["item"][i],
+            user=batch["user"][i],
+            history=tuple(batch["history"][i]),
+            index=index,
+            catalog=catalog,
+        )
+        for i, target in enumerate(batch["target"])
+    ]
+
+
 RewardFn = Callable[[str, RewardContext], RewardResult]
 
 

@@ -96,6 +96,8 @@ class RLDataModule(CatalogDataModule):
         system_prompt: system turn; ``None`` = the SFT stage's for ``mode``, ``""`` = none.
         prompt_format: ``chat`` or ``compact`` (direct mode only; the SFT stage's format).
         other arguments: see ``CatalogDataModule`` (``batch_size`` = prompts per generation batch).
+
+    Satisfies ``data.stage_data.RLStageData``, what ``SRPOModule`` reads.
     """
 
     def __init__(

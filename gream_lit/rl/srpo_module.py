@@ -8,22 +8,19 @@ passes of mini-batches of ``mini_batch_groups`` groups, each one optimizer step 
 loss plus ``kl_coef`` x low-variance KL, aggregated as a token mean over the mini-batch.
 ``trainer.global_step`` therefore counts optimizer steps (GREAM: 4 per generation step).
 
-Differences from verl: when ``max_gen_batches`` is reached with fewer than ``update_groups`` kept
-groups, the update uses what was kept (verl stops with an error); the warm-up counts updates, as
-verl's scheduler does.
+Unlike verl, reaching ``max_gen_batches`` with fewer than ``update_groups`` kept groups updates with
+what was kept (verl stops with an error); the warm-up counts updates, as verl's does.
 
-Across processes (DDP or any strategy that keeps whole replicas; ``rl/distributed.py``), every rank
-samples rollouts for its own prompts and keeps its own groups; the update decision uses the kept
-groups of all ranks, the kept groups are gathered in the order one process would have kept them, and
-each optimizer step's rows are split over the ranks, with gradients summed so the step is the token
-mean of the whole mini-batch. All ranks therefore step together and stay identical.
+Across processes (strategies that keep whole replicas; ``rl/distributed.py``) every rank samples and
+keeps its own groups; the update decision uses all ranks' kept groups, gathered in one process's order,
+and each optimizer step's rows are split over the ranks with gradients summed, so the step is the token
+mean of the whole mini-batch and all ranks stay identical.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 
 import lightning as L
@@ -33,18 +30,19 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.stage_data import RLStageData
 from gream_lit.inference import DirectEvaluator
-from gream_lit.inference.bundle import write_bundle
 from gream_lit.inference.exclusion import drop_seen
+from gream_lit.inference.llm_stage import LLMStageModule
 from gream_lit.inference.prefix_tables import id_vocab
 from gream_lit.inference.reasoning import ReasoningOptions
 from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
-from gream_lit.inference.search_precision import check_test_dtype, search_model
+from gream_lit.inference.search_precision import check_test_dtype
 from gream_lit.metrics import ranking_metrics
 from gream_lit.modeling.attention import avoid_cudnn_attention
 from gream_lit.modeling.backbone import resolve
 from gream_lit.modeling.lora import LoraOptions
-from gream_lit.modeling.slim_checkpoint import check_base, keep_trained, weights_fingerprint
+from gream_lit.modeling.slim_checkpoint import weights_fingerprint
 from gream_lit.rl import telemetry
 from gream_lit.rl.advantages import get_advantage
 from gream_lit.rl.distributed import Ranks
@@ -52,9 +50,10 @@ from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.kept import Kept, gather
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rewards import MODES, RewardContext, RewardResult, get_reward, parse_answer
+from gream_lit.rl.rewards import MODES, RewardResult, get_reward, parse_answer, prompt_contexts
 from gream_lit.rl.rl_data import seen_tensor
 from gream_lit.rl.rollout_callback import ROLLOUT_KEY, ROLLOUT_SECONDS_KEY, RolloutCallback
+from gream_lit.rl.sampled_eval import sample_rank_options, sample_ranked, sample_scores
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class _Frozen:
     model: torch.nn.Module
 
 
-class SRPOModule(L.LightningModule):
+class SRPOModule(LLMStageModule):
     """Group policy optimisation of a causal LM that recommends items by writing their semantic IDs.
 
     Args:
@@ -95,8 +94,7 @@ class SRPOModule(L.LightningModule):
         ppo_epochs: passes over the update batch.
         clip_low, clip_high, dual_clip_c: PPO ratio clip range and dual clip.
         kl_coef: weight of the KL-to-reference loss (0 skips the reference pass).
-        lr, weight_decay, grad_clip: AdamW (constant after warm-up), gradient-norm clip.
-        warmup_steps: linear warm-up length in updates (GREAM: 10).
+        lr, weight_decay, grad_clip, warmup_steps: AdamW, gradient-norm clip, linear warm-up in updates (GREAM: 10).
         forward_batch_size: sequences per forward pass when scoring log-probs.
         ks: cut-offs of the validation/test ranking metrics.
         eval_decoding: ``sample`` (docs/gream_spec.md §8.2: n samples ranked by log-prob) or, in direct mode,
@@ -112,6 +110,9 @@ class SRPOModule(L.LightningModule):
         avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see
             ``gream_lit.modeling.attention``): rollout lengths change every batch.
     """
+
+    log_prefix = "rl"
+    data_contract = RLStageData
 
     def __init__(
         self,
@@ -172,20 +173,26 @@ class SRPOModule(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.policy: torch.nn.Module | None = None
-        self.tokenizer = None
         self.engine: RolloutEngine | None = None
         self._ref: _Frozen | None = None
         self._kept = Kept()
         self._direct_len = (4, 5)
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
-        self._search: list[torch.nn.Module] = []  # the beam test's decoding model (``test_dtype``), unregistered
         self._gen_batch = 0
-        # LoRA checkpoints hold the adapter (and trained ID rows) only; the base comes from `backbone`
-        self.strict_loading = self.lora is None
-        self.base_fingerprint: str | None = None
-        self.val_metrics = ranking_metrics(tuple(ks), prefix="rl/val/")
-        self.test_metrics = ranking_metrics(tuple(ks), prefix="rl/test/")
+        self.val_metrics = ranking_metrics(tuple(ks), prefix=f"{self.log_prefix}/val/")
+        self.test_metrics = ranking_metrics(tuple(ks), prefix=f"{self.log_prefix}/test/")
+
+    @property
+    def stage_model(self) -> torch.nn.Module:
+        return self.policy
+
+    def base_source(self) -> str:
+        return self.hparams.backbone
+
+    def uses_search(self) -> bool:
+        """Only the beam test decodes with the (merged, ``test_dtype``) search model."""
+        return self.direct_eval is not None
 
     # ---- building -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -200,8 +207,8 @@ class SRPOModule(L.LightningModule):
     def configure_model(self) -> None:
         """Load the policy once the data module (and so the index) is known."""
         if self.policy is None:
-            dm = self.trainer.datamodule
-            if getattr(dm, "mode", self.hparams.mode) != self.hparams.mode:
+            dm = self.stage_data()
+            if dm.mode != self.hparams.mode:
                 raise ValueError(f"SRPO mode {self.hparams.mode!r} but the data module builds {dm.mode!r} prompts")
             dm.load()
             self.setup_policy(dm.index)
@@ -221,7 +228,7 @@ class SRPOModule(L.LightningModule):
         self._lookup = {index.item_string(i): i for i in range(index.n_items)}
         if hp.eval_decoding == "beam":
             self.direct_eval = DirectEvaluator.from_index(
-                index, self.tokenizer, "rl", num_beams=hp.num_beams, ks=tuple(hp.ks), vocab=vocab
+                index, self.tokenizer, self.log_prefix, num_beams=hp.num_beams, ks=tuple(hp.ks), vocab=vocab
             ).to(self.device)
         if self.lora is None and hp.kl_coef > 0:
             ref = copy.deepcopy(self.policy).eval()
@@ -240,24 +247,16 @@ class SRPOModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _keys(self, split: str, values: dict) -> dict:
+        """``values`` under ``<log_prefix>/<split>/``."""
+        return {f"{self.log_prefix}/{split}/{k}": v for k, v in values.items()}
+
     # ---- scoring --------------------------------------------------------------------------------
     def score(self, texts: list[str], batch: dict, group_size: int) -> list[RewardResult]:
         """Reward of every response (``group_size`` per prompt of ``batch``), each against its prompt's
         context: target, history, user, and the data module's index and catalogue."""
-        dm = self.trainer.datamodule
-        contexts = [
-            RewardContext(
-                target=target,
-                mode=self.hparams.mode,
-                direct_len=self._direct_len,
-                item=batch["item"][i],
-                user=batch["user"][i],
-                history=tuple(batch["history"][i]),
-                index=dm.index,
-                catalog=dm.catalog,
-            )
-            for i, target in enumerate(batch["target"])
-        ]
+        dm = self.stage_data()
+        contexts = prompt_contexts(batch, self.hparams.mode, self._direct_len, dm.index, dm.catalog)
         return [self._reward(text, contexts[i // group_size]) for i, text in enumerate(texts)]
 
     def _log_rollout_stats(
@@ -267,21 +266,12 @@ class SRPOModule(L.LightningModule):
         if seconds is not None:
             stats["rollout_tokens_per_s"] = telemetry.tokens_per_second(float(rollout.response_mask.sum()), seconds)
         n = len(results)
-        self.log_dict({f"rl/train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=n, sync_dist=True)
+        self.log_dict(self._keys("train", stats), on_step=True, batch_size=n, sync_dist=True)
 
     def _log_samples(self, batch: dict, rollout: Rollout, results: list[RewardResult]) -> None:
         """The first prompts' rollouts as a TensorBoard table, items by title (``telemetry.sample_table``)."""
-        catalog = self.trainer.datamodule.catalog
-        hp = self.hparams
-        table = telemetry.sample_table(
-            batch["history"],
-            batch["item"],
-            rollout,
-            results,
-            lambda text: parse_answer(text, hp.mode, self._direct_len),
-            self._lookup,
-            catalog.title,
-        )
+        title, lookup = self.stage_data().catalog.title, self._lookup
+        table = telemetry.sample_table(batch["history"], batch["item"], rollout, results, self._answer, lookup, title)
         telemetry.write_text(self, telemetry.SAMPLES_TEXT, table, self._gen_batch)
 
     # ---- training -------------------------------------------------------------------------------
@@ -314,7 +304,7 @@ class SRPOModule(L.LightningModule):
             return
         self._kept = Kept()
         if groups == 0:
-            self.log("rl/train/skipped_updates", 1.0, on_step=True, batch_size=1)
+            self.log(f"{self.log_prefix}/train/skipped_updates", 1.0, on_step=True, batch_size=1)
             log.info("generation batch %d: no group with varying match; update skipped", self._gen_batch)
             return
         self.update(gather(kept, ranks, self.device))
@@ -392,7 +382,7 @@ class SRPOModule(L.LightningModule):
         stats["skipped_updates"] = 0.0
         stats["lr"] = self.optimizers().param_groups[0]["lr"]
         stats.update({k: sum(v) / len(v) for k, v in step_stats.items() if v})
-        self.log_dict({f"rl/train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=n_rows)
+        self.log_dict(self._keys("train", stats), on_step=True, batch_size=n_rows)
 
     def _optimizer_step(
         self,
@@ -453,7 +443,7 @@ class SRPOModule(L.LightningModule):
             # direct mode, exact trie-constrained beam search: the SFT stages' ranking
             ids, mask = self.engine.encode(batch["messages"], self.device)
             target = torch.tensor(batch["item"], device=self.device)
-            model = self._search[0] if split == "test" and self._search else self.policy
+            model = self.decoding_model()  # the search model in a test epoch
             result = self.direct_eval.step(self, model, ids, mask, target, split, seen_tensor(batch, self.device))
             return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
         rollout, ranked, _ = self._sample_ranked(batch, sampling)
@@ -462,48 +452,28 @@ class SRPOModule(L.LightningModule):
         target = torch.tensor(batch["item"])
         metrics.update(ranked, target)
         b = len(batch["item"])
-        rewards = torch.tensor([r.reward for r in results]).view(b, sampling.n)
-        exact = torch.tensor([r.exact for r in results], dtype=torch.float32).view(b, sampling.n)
-        values = {
-            "reward": rewards.mean(),
-            "exact": exact.mean(),
-            "format": torch.tensor([r.format_ok for r in results], dtype=torch.float32).mean(),
-            f"pass@{sampling.n}": exact.amax(1).mean(),
-        }
-        self.log_dict({f"rl/{split}/{k}": v for k, v in values.items()}, on_epoch=True, batch_size=b, sync_dist=True)
+        values = sample_scores(results, sampling.n)
+        self.log_dict(self._keys(split, values), on_epoch=True, batch_size=b, sync_dist=True)
         self.log_dict(metrics, on_epoch=True, batch_size=b)
         return {"user": torch.tensor(batch["user"]), "target": target, "items": ranked}
 
     def _sample_ranked(self, batch: dict, sampling: SamplingConfig) -> tuple[Rollout, torch.Tensor, list[str]]:
-        """``n`` samples per prompt ranked by total log-prob: the rollout, ``[B, n]`` items (``-1``: no
-        item) and each prompt's best-ranked text."""
-        rollout = self.engine.generate(self.policy, batch["messages"], sampling)
-        with torch.no_grad():
-            logp = self.engine.logprobs(self.policy, rollout)
-        mask = rollout.response_mask.bool()
-        total = torch.where(mask, logp, 0.0).sum(1)
-        total = torch.where(torch.isfinite(total), total, -math.inf).view(-1, sampling.n)
-        items = torch.tensor(
-            [self._lookup.get(parse_answer(t, self.hparams.mode, self._direct_len) or "", -1) for t in rollout.texts]
-        ).view(-1, sampling.n)
-        order = total.cpu().argsort(dim=1, descending=True)
-        best = [rollout.texts[row * sampling.n + int(order[row, 0])] for row in range(order.shape[0])]
-        return rollout, items.gather(1, order), best
+        """``sampled_eval.sample_ranked`` of the policy on ``batch``'s prompts."""
+        item = lambda text: self._lookup.get(self._answer(text) or "", -1)  # noqa: E731
+        return sample_ranked(self.engine, self.policy, batch["messages"], sampling, item)
 
-    def _bundle_reasoning(self, dm) -> tuple[ReasoningOptions, DirectPrompt] | None:
+    def _answer(self, text: str) -> str | None:
+        return parse_answer(text, self.hparams.mode, self._direct_len)
+
+    def bundle_prompt(self) -> DirectPrompt:
+        return self.stage_data().direct_prompt(self.hparams.max_prompt_tokens)
+
+    def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
         """A reasoning-mode policy's bundle ranks ``n`` test samples by log-prob, as its test does."""
         if self.hparams.mode == "direct":
             return None
-        test = self.sampling["test"]
-        options = ReasoningOptions(
-            decoder="sample_rank",
-            max_new_tokens=test.max_new_tokens,
-            temperature=test.temperature,
-            top_p=test.top_p,
-            n=test.n,
-            think_prefix="",
-        )
-        return options, dm.reasoning_prompt(self.hparams.max_prompt_tokens)
+        prompt = self.stage_data().reasoning_prompt(self.hparams.max_prompt_tokens)
+        return sample_rank_options(self.sampling["test"]), prompt
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Ranked items of the test users' prompts, decoded as the stage's test decodes them; sampled
@@ -511,19 +481,10 @@ class SRPOModule(L.LightningModule):
         user = torch.tensor(batch["user"])
         if self.direct_eval is not None:
             ids, mask = self.engine.encode(batch["messages"], self.device)
-            model = self._search[0] if self._search else self.policy
-            return {
-                "user": user,
-                "items": self.direct_eval.rank(model, ids, mask, seen_tensor(batch, self.device)).items,
-            }
+            seen = seen_tensor(batch, self.device)
+            return {"user": user, "items": self.direct_eval.rank(self.decoding_model(), ids, mask, seen).items}
         _, ranked, best = self._sample_ranked(batch, self.sampling["test"])
         return {"user": user, "items": drop_seen(ranked, seen_tensor(batch, ranked.device)), "texts": best}
-
-    def on_predict_epoch_start(self) -> None:
-        self.on_test_epoch_start()
-
-    def on_predict_epoch_end(self) -> None:
-        self.on_test_epoch_end()
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, self.sampling["val"], "val", self.val_metrics)
@@ -531,40 +492,9 @@ class SRPOModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._evaluate(batch, self.sampling["test"], "test", self.test_metrics)
 
-    def on_test_epoch_start(self) -> None:
-        """The beam test runs on merged LoRA weights (one matmul per projection), unmerged after, in
-        ``test_dtype``."""
-        if self.direct_eval is not None:
-            if hasattr(self.policy, "merge_adapter"):
-                self.policy.merge_adapter()
-            self._search = [search_model(self.policy, self.hparams.test_dtype)]
-
-    def on_test_epoch_end(self) -> None:
-        self._search = []
-        if self.direct_eval is not None and hasattr(self.policy, "merge_adapter"):
-            self.policy.unmerge_adapter()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.lora is not None:
-            keep_trained(checkpoint, self, self.base_fingerprint)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        check_base(checkpoint, self.base_fingerprint, self.hparams.backbone)
-
     def on_train_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.policy.save_pretrained(self.hparams.export_dir)
             self.tokenizer.save_pretrained(self.hparams.export_dir)
-            dm, hp = self.trainer.datamodule, self.hparams
-            if hasattr(dm, "direct_prompt"):
-                write_bundle(
-                    hp.export_dir,
-                    dm.index,
-                    dm.catalog.item_ids,
-                    dm.direct_prompt(hp.max_prompt_tokens),
-                    hp.logits_vocab,
-                    hp.num_beams,
-                    "rl",
-                    self._bundle_reasoning(dm),
-                )
+            self.write_bundles(self.hparams.export_dir)
             log.info("policy saved to %s", self.hparams.export_dir)
