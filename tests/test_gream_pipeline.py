@@ -4,12 +4,17 @@ chat model and a tiny synthetic catalogue, one or two steps each, the stages han
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import gream_lit
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.composition import PipelineError
@@ -356,6 +361,32 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
     with pytest.raises(ValueError, match="not trained to reason"):
         load_recommender(run / "align" / "hf" / "adapter").recommend(history, mode="reasoning")
 
+    # the bundles survive moving the run folder: each loads from its new place in a fresh process
+    before = {stage: load_recommender(run / stage / "hf" / "adapter").recommend(history, k=3) for stage in tested}
+    adapter = json.loads((run / "curriculum" / "hf" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "../../../align/hf/adapter"
+    moved = tmp_path / "elsewhere" / "moved_run"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    for stage in tested:
+        folder = moved / stage / "hf" / "adapter"
+        card = (folder / "README.md").read_text()
+        assert f"base_model: {paths['backbone']}" in card and "dataset: `Toy`" in card
+        assert "## Test metrics (leave-one-out, ranked over the full catalogue" in card
+        snippet = (
+            "import json; from gream_lit import load_recommender; rec = load_recommender('.'); "
+            f"items = rec.recommend({history!r}, k=3); print(json.dumps([items, rec.titles(items)]))"
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(gream_lit.__file__).parents[1])}  # a fresh process, elsewhere
+        out = subprocess.run([sys.executable, "-c", snippet], cwd=folder, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        items, titles = json.loads(out.stdout.splitlines()[-1])
+        assert items == before[stage]
+        assert titles == [f"{words[int(i)].title()} model {i}" for i in items]
+    (moved / "align").rename(moved / "align_gone")
+    with pytest.raises(FileNotFoundError, match="'../../../align/hf/adapter'.*move or copy the whole run folder"):
+        load_recommender(moved / "curriculum" / "hf" / "adapter")
+
 
 def test_a_full_fine_tuning_stage_keeps_one_copy_of_the_model(tmp_path: Path) -> None:
     """Without LoRA each checkpoint is a whole model: ``last.ckpt`` links to the kept one."""
@@ -396,6 +427,8 @@ def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Pa
     align = exp["stages"]["align"]
     curriculum = reasoning_curriculum(align, {"max_new_tokens": 4, "num_beams": 10}, cot=False)
     rl = exp["stages"].pop("rl")
+    rl["model"]["init_args"].update(lora={"r": 2, "alpha": 4}, export_dir="${stage_dir}/hf/adapter")
+    rl["artifacts"] = {"model": "hf/adapter"}  # as in the quickstart: a LoRA policy on the curriculum's bundle
     exp["stages"].update(curriculum=curriculum, rl=rl)
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(exp, sort_keys=False))
@@ -411,3 +444,4 @@ def test_the_readme_recommender_example_runs_on_a_pipelines_bundles(tmp_path: Pa
     assert set(scope["items"]) <= catalogue and 0 < len(scope["items"]) <= 10
     assert scope["text"].startswith("<think>")
     assert set(scope["rec"].recommend(["1", "50", "181"], k=10)) <= catalogue
+    assert scope["titles"] == [items[str(raw.index(int(i)))]["title"] for i in scope["top"]]

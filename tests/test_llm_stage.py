@@ -33,9 +33,10 @@ from gream_lit.rl.srpo_module import SRPOModule
 
 
 def test_protocol_members_include_the_bases_members() -> None:
-    assert protocol_members(LLMStageData) == ["catalog", "index", "load"]
+    assert protocol_members(LLMStageData) == ["catalog", "exclude_seen", "index", "load"]
     assert set(protocol_members(RLStageData)) == {
         "catalog",
+        "exclude_seen",
         "index",
         "load",
         "mode",
@@ -77,12 +78,16 @@ def _index() -> SemanticIndex:
 
 
 @pytest.mark.parametrize(
-    ("item_ids", "logits_vocab", "message"),
-    [(["a", "b"], "full", "2 item ids for an index of 3 items"), (["a", "b", "c"], "topk", "logits_vocab 'topk'")],
+    ("item_ids", "logits_vocab", "titles", "message"),
+    [
+        (["a", "b"], "full", (), "2 item ids for an index of 3 items"),
+        (["a", "b", "c"], "topk", (), "logits_vocab 'topk'"),
+        (["a", "b", "c"], "full", ("A",), "1 titles for 3 item ids"),
+    ],
 )
-def test_bundle_spec_rejects_what_a_bundle_could_not_serve(item_ids, logits_vocab, message) -> None:
+def test_bundle_spec_rejects_what_a_bundle_could_not_serve(item_ids, logits_vocab, titles, message) -> None:
     with pytest.raises(ValueError, match=message):
-        BundleSpec(_index(), item_ids, DirectPrompt("chat", 64, 5), logits_vocab=logits_vocab)
+        BundleSpec(_index(), item_ids, DirectPrompt("chat", 64, 5), logits_vocab=logits_vocab, titles=titles)
 
 
 class _Stage(LLMStageModule):

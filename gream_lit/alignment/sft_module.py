@@ -162,6 +162,9 @@ class SFTModule(LLMStageModule):
     def base_source(self) -> str:
         return self.hparams.model_path or "the datamodule backbone"
 
+    def base_model(self) -> str:
+        return self.hparams.model_path or self.stage_data().backbone
+
     def merges_for_search(self) -> bool:
         return self.hparams.merge_for_test
 

@@ -19,10 +19,12 @@ from gream_lit.data.semantic_index import SemanticIndex
 @runtime_checkable
 class LLMStageData(Protocol):
     """What every LLM stage reads: the catalogue (raw item ids, titles) and its semantic-ID index,
-    both set once ``load`` (or ``setup``) has run."""
+    both set once ``load`` (or ``setup``) has run; ``exclude_seen``: whether evaluation drops each user's
+    earlier items."""
 
     catalog: Catalog | None
     index: SemanticIndex | None
+    exclude_seen: bool
 
     def load(self) -> Catalog: ...
 

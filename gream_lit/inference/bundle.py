@@ -18,6 +18,7 @@ thinks first and then answers with that search (reasoning mode, ``inference.reas
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,11 +32,13 @@ from gream_lit.data.semantic_index import HANDOFF_INDEX_FILE as INDEX_FILE
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.exclusion import drop_seen
+from gream_lit.inference.model_card import write_card
 from gream_lit.inference.prefix_tables import build_prefix_tables, id_vocab, index_token_ids
 from gream_lit.inference.reasoning import ReasoningOptions, reason_then_rank, sample_and_rank
 from gream_lit.modeling.backbone import load_causal_lm, load_tokenizer
 
 BUNDLE_FILE = "gream_bundle.json"
+ADAPTER_CONFIG = "adapter_config.json"
 LOGITS_VOCABS = ("full", "ids")
 MODES = ("direct", "reasoning")
 
@@ -43,9 +46,10 @@ MODES = ("direct", "reasoning")
 @dataclass(frozen=True)
 class BundleSpec:
     """What a stage's bundle holds besides the model: the catalogue's semantic-ID index, its raw item ids
-    in index order, the direct-mode prompt layout, the softmax vocabulary (``full`` or ``ids``), the beam
-    count, the stage name, and the decoding options and prompt layout of a stage trained to reason
-    (``None``: not)."""
+    in index order and their titles, the direct-mode prompt layout, the softmax vocabulary (``full`` or
+    ``ids``), the beam count, the stage name, the decoding options and prompt layout of a stage trained
+    to reason (``None``: not), the base the stage trained from (a name, a folder or another bundle), the
+    dataset's name and whether its evaluation excluded the users' earlier items (``exclude_seen``)."""
 
     index: SemanticIndex
     item_ids: Sequence[str]
@@ -54,33 +58,70 @@ class BundleSpec:
     num_beams: int = 10
     stage: str = ""
     reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None
+    base_model: str = ""
+    dataset: str = ""
+    titles: Sequence[str] = ()
+    exclude_seen: bool = False
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != self.index.n_items:
             raise ValueError(f"{len(self.item_ids)} item ids for an index of {self.index.n_items} items")
+        if self.titles and len(self.titles) != len(self.item_ids):
+            raise ValueError(f"{len(self.titles)} titles for {len(self.item_ids)} item ids")
         if self.logits_vocab not in LOGITS_VOCABS:
             raise ValueError(f"logits_vocab {self.logits_vocab!r}; expected one of {LOGITS_VOCABS}")
 
 
 def write_bundle(folder: str | Path, bundle: BundleSpec) -> Path:
-    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter."""
+    """Write ``index.json``, ``gream_bundle.json`` and the model card next to a saved model/adapter, and
+    make an adapter name a base bundle by a relative path (``portable_base``), so the run folder can move."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bundle.index.to_json(folder / INDEX_FILE)
     reasoning = bundle.reasoning
+    adapter = folder / ADAPTER_CONFIG
+    trained_from = portable_base(bundle.base_model, folder) if bundle.base_model else ""
+    if adapter.is_file() and trained_from:
+        config = json.loads(adapter.read_text())
+        config["base_model_name_or_path"] = trained_from
+        adapter.write_text(json.dumps(config, indent=2, sort_keys=True))
     spec = {
         "format_version": 1,
         "stage": bundle.stage,
+        "weights": "adapter" if adapter.is_file() else "model",
+        "trained_from": trained_from,
+        "base_model": root_base(bundle.base_model),
+        "dataset": bundle.dataset,
+        "protocol": "exclude_seen" if bundle.exclude_seen else "full",
         "prompt": bundle.prompt.to_dict(),
         "logits_vocab": bundle.logits_vocab,
         "num_beams": bundle.num_beams,
         "item_ids": [str(i) for i in bundle.item_ids],
+        "titles": [str(t) for t in bundle.titles],
         "reasoning": None if reasoning is None else {"options": asdict(reasoning[0]), "prompt": reasoning[1].to_dict()},
         "metrics": {},
     }
     (folder / BUNDLE_FILE).write_text(json.dumps(spec, indent=1))
-    _write_card(folder, spec)
+    write_card(folder, spec)
     return folder
+
+
+def portable_base(base: str, folder: Path) -> str:
+    """How the bundle in ``folder`` names its base: another bundle (the stage it was trained from) by a
+    path relative to ``folder``, which survives moving or copying the run folder; a hub name, an alias
+    or another folder as given."""
+    path = Path(base)
+    if (path / BUNDLE_FILE).is_file():
+        return os.path.relpath(path.resolve(), folder.resolve())
+    return base
+
+
+def root_base(base: str) -> str:
+    """The pre-trained model at the root of a chain of bundles (what the model card calls ``base_model``)."""
+    spec = Path(base) / BUNDLE_FILE
+    if spec.is_file():
+        return json.loads(spec.read_text()).get("base_model") or base
+    return base
 
 
 def add_metrics(folder: str | Path, metrics: dict[str, float]) -> bool:
@@ -91,45 +132,8 @@ def add_metrics(folder: str | Path, metrics: dict[str, float]) -> bool:
     spec = json.loads(path.read_text())
     spec["metrics"] = {k: float(v) for k, v in sorted(metrics.items()) if "/test/" in k}
     path.write_text(json.dumps(spec, indent=1))
-    _write_card(Path(folder), spec)
+    write_card(Path(folder), spec)
     return True
-
-
-def _write_card(folder: Path, spec: dict) -> None:
-    prompt = spec["prompt"]
-    library = "peft" if (folder / "adapter_config.json").is_file() else "transformers"
-    lines = [
-        "---",  # Hugging Face card metadata, which peft's save_pretrained reads and updates
-        f"library_name: {library}",
-        "tags: [gream_lit, recommendation, semantic-ids]",
-        "---",
-        "",
-        f"# gream_lit recommender{': stage ' + spec['stage'] if spec['stage'] else ''}",
-        "",
-        "A generative recommender: it writes the semantic ID of the next item, decoded with an exact",
-        "trie-constrained beam search so that every answer is a catalogue item. Load and call it with:",
-        "",
-        "```python",
-        "from gream_lit import load_recommender",
-        f"rec = load_recommender({str(folder)!r})",
-        "rec.recommend([...raw item ids, oldest first...], k=10)",
-        *(
-            ["rec.recommend_with_reasoning([...], k=10)   # (items, the text it wrote)"]
-            if spec.get("reasoning")
-            else []
-        ),
-        "```",
-        "",
-        f"- catalogue: {len(spec['item_ids'])} items (`index.json`: their semantic IDs)",
-        f"- prompt: `{prompt['format']}`, the last {prompt['max_history']} items, at most {prompt['max_length']} tokens",
-        f"- softmax over: `{spec['logits_vocab']}` vocabulary; beams: {spec['num_beams']}",
-        "- reasoning mode: "
-        + ("yes (think, then a constrained answer)" if spec.get("reasoning") else "no (direct only)"),
-    ]
-    if spec["metrics"]:
-        lines += ["", "## Test metrics (leave-one-out, full catalogue)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in spec["metrics"].items()]
-    (folder / "README.md").write_text("\n".join(lines) + "\n")
 
 
 class Recommender:
@@ -145,12 +149,14 @@ class Recommender:
         logits_vocab: str = "full",
         num_beams: int = 10,
         reasoning: tuple[ReasoningOptions, DirectPrompt] | None = None,
+        titles: Sequence[str] = (),
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.index = index
         self.item_ids = [str(i) for i in item_ids]
         self.position = {raw: i for i, raw in enumerate(self.item_ids)}
+        self.title_of = dict(zip(self.item_ids, (str(t) for t in titles)))
         self.prompt = prompt
         self.num_beams = num_beams
         self.reasoning = reasoning
@@ -165,6 +171,10 @@ class Recommender:
         if unknown:
             raise KeyError(f"items not in this recommender's catalogue: {unknown[:5]}")
         return [self.position[str(h)] for h in history]
+
+    def titles(self, items: Sequence[str | int]) -> list[str]:
+        """The catalogue titles of raw item ids (``""`` where the bundle has none)."""
+        return [self.title_of.get(str(i), "") for i in items]
 
     def _batches(self, histories: Sequence[Sequence[str | int]], prompt: DirectPrompt, batch_size: int):
         """Left-padded prompt batches for raw-id histories, with each history's catalogue indices
@@ -273,6 +283,7 @@ def load_recommender(path: str | Path, device: str | torch.device = "cpu") -> Re
         spec["logits_vocab"],
         spec["num_beams"],
         _reasoning(spec.get("reasoning")),
+        spec.get("titles") or (),
     )
 
 

@@ -61,6 +61,10 @@ class LLMStageModule(L.LightningModule):
         """The base the stage started from, as error messages name it."""
         raise NotImplementedError
 
+    def base_model(self) -> str:
+        """The model the stage started from (a name, an alias, a folder or an earlier stage's bundle)."""
+        return self.base_source()
+
     def bundle_prompt(self) -> DirectPrompt:
         """The direct-mode prompt layout of the stage's bundle."""
         raise NotImplementedError
@@ -157,6 +161,10 @@ class LLMStageModule(L.LightningModule):
             num_beams=self.hparams.num_beams,
             stage=self.log_prefix,
             reasoning=self.bundle_reasoning(),
+            base_model=self.base_model(),
+            dataset=dm.catalog.name,
+            titles=[dm.catalog.title(i) for i in range(dm.catalog.n_items)],
+            exclude_seen=dm.exclude_seen,
         )
 
     def write_bundles(self, *folders: str | Path) -> None:

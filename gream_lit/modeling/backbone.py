@@ -158,6 +158,13 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> Pre
     base_path = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
     if not base_path:
         raise ValueError(f"{adapter_config}: no base_model_name_or_path; cannot tell which weights it adapts")
+    if base_path.startswith("."):  # another bundle, relative to this one (inference.bundle.portable_base)
+        relative, base_path = base_path, str((Path(path) / base_path).resolve())
+        if not Path(base_path).is_dir():
+            raise FileNotFoundError(
+                f"{adapter_config}: its base {relative!r} (= {base_path}) is not there; an adapter bundle is "
+                "trained on the bundle of the stage before it: move or copy the whole run folder together"
+            )
     model = load_causal_lm(base_path, dtype)
     vocab = len(AutoTokenizer.from_pretrained(path))
     if model.get_input_embeddings().weight.shape[0] != vocab:
