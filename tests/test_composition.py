@@ -194,3 +194,34 @@ def test_a_misspelt_stage_name_reference_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "e.yaml", "stages:\n  a:\n    model: {init_args: {stage: '${stage_nam}'}}\n")
     with pytest.raises(PipelineError, match=r"e\.yaml: stages\.a\.model\.init_args\.stage says \$\{stage_nam\}"):
         load_experiment(path)
+
+
+def test_hardware_is_one_file_for_every_stage_and_trainer_replaces_it(tmp_path: Path, capsys) -> None:
+    """``hardware: trainer/cpu.yaml`` merges configs/trainer/cpu.yaml over every stage's trainer; ``--trainer``
+    names another file for the whole pipeline, over what the stages set themselves."""
+    quickstart = REPO / "experiments" / "quickstart.yaml"
+    own = load_experiment(quickstart)
+    assert own["hardware"] == "trainer/cpu.yaml"
+    assert all(s["trainer"]["accelerator"] == "cpu" and s["trainer"]["devices"] == 1 for s in own["stages"].values())
+    ddp = load_experiment(quickstart, hardware=str(REPO / "configs" / "trainer" / "ddp.yaml"))
+    for name, stage in ddp["stages"].items():
+        assert stage["trainer"]["strategy"] == "ddp" and stage["trainer"]["accelerator"] == "gpu", name
+        assert stage["trainer"]["precision"] == "bf16-mixed", name
+    assert ddp["stages"]["rl"]["trainer"]["val_check_interval"] == own["stages"]["rl"]["trainer"]["val_check_interval"]
+
+    argv = ["fit", "--config", str(quickstart), "--run_dir", str(tmp_path / "run"), "--print_config"]
+    assert main([*argv, "--trainer", "trainer/deepspeed.yaml", "--stage", "align"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out.split("\n", 1)[1])["trainer"]["strategy"].endswith(
+        "DeepSpeedStrategy"
+    )
+
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("trainer: {accelerator: cpu}\n")
+    with pytest.raises(PipelineError, match=r"nested.yaml: a hardware file is a mapping of Trainer arguments"):
+        load_experiment(quickstart, hardware=str(nested))
+    with pytest.raises(PipelineError, match="include 'trainer/tpu.yaml'"):
+        load_experiment(quickstart, hardware="trainer/tpu.yaml")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("acelerator: cpu\n")
+    with pytest.raises(PipelineError, match="acelerator"):
+        load_experiment(quickstart, hardware=str(typo))

@@ -64,7 +64,7 @@ def read_yaml(path: Path) -> Any:
     return data
 
 
-def _include_path(inc: str, base_dir: Path) -> Path:
+def include_path(inc: str, base_dir: Path) -> Path:
     """``inc`` relative to the including file's folder, else to the nearest ``configs/`` folder above it."""
     path = (base_dir / inc).resolve()
     if path.is_file():
@@ -86,7 +86,7 @@ def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) ->
     includes = node.pop("include", None)
     merged: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else includes or []:
-        path = _include_path(inc, base_dir)
+        path = include_path(inc, base_dir)
         if path in chain:
             raise PipelineError(f"include cycle: {' -> '.join(map(str, (*chain, path)))}")
         content = read_yaml(path)

@@ -65,6 +65,12 @@ def _parser(command: str, add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--run_dir", help="explicit run directory")
     p.add_argument("--seed", type=int, help="seed for every stage; the run directory gets a _seed<N> suffix")
     p.add_argument(
+        "--trainer",
+        metavar="FILE",
+        help="hardware for every stage: a configs/trainer/ file (e.g. configs/trainer/ddp.yaml) merged over each "
+        "stage's trainer, in place of the experiment's own 'hardware:'",
+    )
+    p.add_argument(
         "--print_config",
         action="store_true",
         help="print every stage's config (includes, defaults and --set merged) and exit",
@@ -158,8 +164,8 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
             )
         return None
     args = _parser(command).parse_args(list(argv))
-    if command != "fit" and (args.set or (is_run_dir and args.seed is not None)):
-        flag = "--set" if args.set else "--seed"
+    if command != "fit" and (args.set or args.trainer or (is_run_dir and args.seed is not None)):
+        flag = "--set" if args.set else "--trainer" if args.trainer else "--seed"
         raise PipelineError(
             f"{command} evaluates the configs a run saved and does not apply {flag}; fit a new run with it "
             "(another --run_dir), or drop it"
@@ -174,7 +180,7 @@ def maybe_run_pipeline(command: str, argv: Sequence[str]) -> int | None:
             raise PipelineError(f"'{command}' on a run directory is not supported; use validate, test or predict")
         results = evaluate_run(command, run, args.stage, args.mode, args.max_eval_users, args.exclude_seen)
     else:
-        exp = load_experiment(args.config, _parse_set(args.set), args.seed)
+        exp = load_experiment(args.config, _parse_set(args.set), args.seed, args.trainer)
         run = RunDir(Path(args.run_dir) if args.run_dir else default_run_dir(exp, args.runs_root, args.seed))
         if args.print_config:
             if args.stage is not None and args.stage not in exp["stages"]:

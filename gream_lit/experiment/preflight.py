@@ -27,6 +27,8 @@ from gream_lit.experiment.composition import (
     REF,
     PipelineError,
     check_run_settings,
+    deep_merge,
+    include_path,
     read_yaml,
     resolve_includes,
     resolve_static,
@@ -37,8 +39,18 @@ from gream_lit.experiment.references import NotReady, own_artifacts, resolve_ref
 from gream_lit.experiment.run_directory import RunDir
 from gream_lit.experiment.stage_configs import PIPELINE_KEYS, merged_stage, stage_body, stage_class
 
-# sweep: read by `sweep`; mmap_threshold: glibc's, in bytes, for every stage (allocator.py)
-EXPERIMENT_KEYS = ("name", "seed_everything", "backbone", "defaults", "stages", "sweep", "mmap_threshold")
+# sweep: read by `sweep`; mmap_threshold: glibc's, in bytes, for every stage (allocator.py);
+# hardware: a configs/trainer/ file merged over every stage's trainer (`--trainer` replaces it)
+EXPERIMENT_KEYS = (
+    "name",
+    "seed_everything",
+    "backbone",
+    "defaults",
+    "stages",
+    "sweep",
+    "mmap_threshold",
+    "hardware",
+)
 # a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
 STAGE_KEYS = (
     "model",
@@ -54,9 +66,13 @@ STAGE_KEYS = (
 
 
 def load_experiment(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, seed: int | None = None
+    path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    hardware: str | None = None,
 ) -> dict[str, Any]:
-    """The merged experiment: includes resolved, overrides applied, dropped stages removed.
+    """The merged experiment: includes resolved, overrides applied, dropped stages removed, the hardware
+    file (``hardware``, else the experiment's own ``hardware:``) merged over every stage's trainer.
 
     The name is the file's own ``name`` or its stem, never an included file's, so an ablation gets a
     run directory of its own.
@@ -72,6 +88,7 @@ def load_experiment(
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
     exp = resolve_static(exp, path)
+    apply_hardware(exp, hardware or exp.get("hardware"), path)
     check_run_settings(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
@@ -89,6 +106,20 @@ def load_experiment(
         for stage in exp["stages"].values():
             stage["seed_everything"] = seed
     return exp
+
+
+def apply_hardware(exp: dict[str, Any], source: str | None, path: Path) -> None:
+    """Merge the trainer file ``source`` (a path, or one relative to ``configs/``: ``trainer/ddp.yaml``)
+    over every stage's ``trainer``, so that hardware is written once, in ``configs/trainer/``."""
+    if not source:
+        return
+    file = Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
+    trainer = read_yaml(file)
+    if not isinstance(trainer, Mapping) or "trainer" in trainer:
+        raise PipelineError(f"{file}: a hardware file is a mapping of Trainer arguments (configs/trainer/cpu.yaml)")
+    exp["hardware"] = str(source)
+    for stage in exp["stages"].values():
+        stage["trainer"] = deep_merge(stage.get("trainer") or {}, trainer)
 
 
 def _check_override_stage(key: str, stages: Mapping[str, Any], path: Path) -> None:
