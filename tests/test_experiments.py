@@ -10,6 +10,7 @@ configs must hold only keys the command knows.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,37 @@ def test_a_backbone_reference_without_a_backbone_is_an_error(tmp_path: Path) -> 
         match=r"x\.yaml: stages\.a\.model\.init_args\.backbone says \$\{backbone\}, but the file sets no top-level 'backbone'",
     ):
         load_experiment(path)
+
+
+def _github_anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the ``#`` headings of a Markdown page: lowercase, punctuation dropped, spaces to
+    hyphens (fenced code blocks skipped, so comments in them are not headings)."""
+    anchors, fenced = set(), False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#{1,6} +(.+)", line)):
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_experiment_file_states_its_status_and_is_indexed() -> None:
+    """Each file opens with ``# Status:``; a measured one names a docs page that exists (and, if it gives
+    one, an anchor among that page's headings); experiments/README.md names every file."""
+    docs = EXPERIMENTS.parent / "docs"
+    index = (EXPERIMENTS / "README.md").read_text()
+    problems = []
+    for path in FILES:
+        first = path.read_text().splitlines()[0]
+        if not first.startswith("# Status: "):
+            problems.append(f"{path.name}: first line is not '# Status: ...'")
+            continue
+        if first.startswith("# Status: measured"):
+            m = re.search(r"docs/(\w+\.md)(?:#([\w-]+))?", first)
+            if m is None or not (docs / m.group(1)).is_file():
+                problems.append(f"{path.name}: a measured status must name an existing docs/<page>.md")
+            elif m.group(2) and m.group(2) not in _github_anchors(docs / m.group(1)):
+                problems.append(f"{path.name}: docs/{m.group(1)} has no heading #{m.group(2)}")
+        if f"`{path.name}`" not in index:
+            problems.append(f"{path.name}: not named in experiments/README.md")
+    assert not problems, problems
