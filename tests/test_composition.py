@@ -66,12 +66,18 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_includes_are_found_under_the_nearest_configs_folder(tmp_path: Path) -> None:
-    write(tmp_path / "configs" / "data" / "d.yaml", "include: base.yaml\nindex_path: i.json\n")
-    write(tmp_path / "configs" / "data" / "base.yaml", "data_dir: /data\nmax_history: 5\n")
-    path = write(tmp_path / "experiments" / "x.yaml", "data: {init_args: {include: data/d.yaml, max_history: 9}}\n")
+    write(tmp_path / "configs" / "data" / "d.yaml", "include: base.yaml\ndata: {init_args: {index_path: i.json}}\n")
+    write(tmp_path / "configs" / "data" / "base.yaml", "data: {init_args: {data_dir: /data, max_history: 5}}\n")
+    path = write(tmp_path / "experiments" / "x.yaml", "include: data/d.yaml\ndata: {init_args: {max_history: 9}}\n")
     assert compose_file(path) == {
         "data": {"init_args": {"data_dir": "/data", "index_path": "i.json", "max_history": 9}}
     }
+    deep = write(tmp_path / "experiments" / "deep.yaml", "data: {init_args: {include: data/d.yaml}}\n")
+    with pytest.raises(PipelineError, match=r"deep.yaml: include at data.init_args: a file includes at its top level"):
+        compose_file(deep)
+    stage = write(tmp_path / "experiments" / "p.yaml", "stages:\n  s: {model: m.M, trainer: {include: data/d.yaml}}\n")
+    with pytest.raises(PipelineError, match=r"p.yaml: include at stages.s.trainer"):
+        compose_file(stage)
     missing = write(tmp_path / "experiments" / "y.yaml", "include: data/nope.yaml\n")
     with pytest.raises(PipelineError, match=r"include 'data/nope.yaml' \(in .*experiments\): no such file"):
         compose_file(missing)

@@ -120,7 +120,6 @@ def tiny_experiment(
     """Two TinyRegressor stages; ``second`` adds keys to the second stage (``trainer``, ``data``, model
     ``init_args`` under ``model_args``)."""
     trainer = {
-        "include": str(REPO / "configs/trainer/cpu.yaml"),
         "max_epochs": max_epochs,
         "enable_progress_bar": False,
         "enable_model_summary": False,
@@ -129,6 +128,7 @@ def tiny_experiment(
     exp = {
         "name": "tiny",
         "seed_everything": 3,
+        "hardware": str(REPO / "configs/trainer/cpu.yaml"),
         "defaults": {"data": {"class_path": "test_pipeline.TinyData"}, "trainer": trainer},
         "stages": {
             "first": {
@@ -167,8 +167,8 @@ def test_includes_merge_under_own_keys_and_null_drops_a_stage(tmp_path):
     exp = load_experiment(ablation)
     assert exp["name"] == "no_first" and list(exp["stages"]) == ["second"]
     assert exp["stages"]["second"]["model"]["init_args"]["lr"] == 0.5
-    assert exp["defaults"]["trainer"]["accelerator"] == "cpu"  # from configs/trainer/cpu.yaml
-    assert exp["defaults"]["trainer"]["max_epochs"] == 2  # own key wins over the included piece
+    assert exp["stages"]["second"]["trainer"]["accelerator"] == "cpu"  # hardware: configs/trainer/cpu.yaml
+    assert exp["defaults"]["trainer"]["max_epochs"] == 2
     assert is_pipeline_file(ablation) and is_pipeline_file(full)
     assert not is_pipeline_file(REPO / "configs/trainer/cpu.yaml")
 

@@ -64,8 +64,8 @@ def sweep_file(tmp_path: Path) -> Path:
             "tiny": {
                 "model": {"class_path": "test_sweep.ScoreModule"},
                 "data": {"class_path": "test_sweep.ScoreData"},
+                "hardware": str(REPO / "configs/trainer/cpu.yaml"),
                 "trainer": {
-                    "include": str(REPO / "configs/trainer/cpu.yaml"),
                     "max_epochs": 2,
                     "enable_progress_bar": False,
                     "enable_model_summary": False,

@@ -76,14 +76,27 @@ def include_path(inc: str, base_dir: Path) -> Path:
     raise PipelineError(f"include {inc!r} (in {base_dir}): no such file there nor in a {CONFIGS_DIR}/ folder above it")
 
 
-def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) -> Any:
+def include_allowed(where: tuple[str, ...]) -> bool:
+    """Whether a node at key path ``where`` of a file may hold ``include:``: the file's top level, its
+    ``defaults`` or one of its ``stages``, so that reading a stage means reading the files it names."""
+    return where in ((), ("defaults",)) or (len(where) == 2 and where[0] == "stages")
+
+
+def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = (), where: tuple[str, ...] = ()) -> Any:
     """Replace every ``include:`` by the included files' contents merged under the node's own keys."""
     if isinstance(node, list):
-        return [resolve_includes(v, base_dir, chain) for v in node]
+        return [resolve_includes(v, base_dir, chain, (*where, "[]")) for v in node]
     if not isinstance(node, Mapping):
         return node
     node = dict(node)
     includes = node.pop("include", None)
+    if includes is not None and not include_allowed(where):
+        file = chain[-1] if chain else base_dir
+        raise PipelineError(
+            f"{file}: include at {'.'.join(where)}: a file includes at its top level, under defaults or under a "
+            "stage (stages.<name>); the pieces in configs/ hold their full path (data: {init_args: ...}), "
+            "so include the piece there: docs/configs.md"
+        )
     merged: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else includes or []:
         path = include_path(inc, base_dir)
@@ -93,7 +106,7 @@ def resolve_includes(node: Any, base_dir: Path, chain: tuple[Path, ...] = ()) ->
         if not isinstance(content, Mapping):
             raise PipelineError(f"{path}: an included file must hold a mapping, got {type(content).__name__}")
         merged = deep_merge(merged, resolve_includes(content, path.parent, (*chain, path)))
-    own = {k: resolve_includes(v, base_dir, chain) for k, v in node.items()}
+    own = {k: resolve_includes(v, base_dir, chain, (*where, k)) for k, v in node.items()}
     return deep_merge(merged, own) if includes else own
 
 
@@ -151,7 +164,7 @@ def compose_file(path: str | Path, single_stage: bool = False) -> Any:
     """A config file with its includes merged in and its load-time interpolations resolved (any file:
     an experiment or a single-stage LightningCLI config; ``single_stage``: fail on a stage's reference)."""
     path = Path(path).resolve()
-    content = resolve_includes(read_yaml(path), path.parent)
+    content = resolve_includes(read_yaml(path), path.parent, (path,))
     if not isinstance(content, Mapping):
         return content
     if single_stage:
@@ -177,7 +190,9 @@ def is_pipeline_file(path: str | Path) -> bool:
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return False
     content = read_yaml(path)
-    return isinstance(content, Mapping) and "stages" in resolve_includes(content, path.parent.resolve())
+    return isinstance(content, Mapping) and "stages" in resolve_includes(
+        content, path.parent.resolve(), (path.resolve(),)
+    )
 
 
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:

@@ -79,7 +79,7 @@ def load_experiment(
     """
     path = Path(path).resolve()
     raw = read_yaml(path)
-    exp = resolve_includes(raw, path.parent)
+    exp = resolve_includes(raw, path.parent, (path,))
     if not isinstance(exp, dict) or not isinstance(exp.get("stages"), Mapping):
         raise PipelineError(f"{path}: an experiment needs a top-level 'stages' mapping")
     exp["name"] = raw.get("name", path.stem)
@@ -88,7 +88,7 @@ def load_experiment(
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
     exp = resolve_static(exp, path)
-    apply_hardware(exp, hardware or exp.get("hardware"), path)
+    apply_hardware(exp, hardware, path)
     check_run_settings(exp, path)
     if not exp["stages"]:
         raise PipelineError(f"{path}: every stage was dropped")
@@ -108,18 +108,26 @@ def load_experiment(
     return exp
 
 
-def apply_hardware(exp: dict[str, Any], source: str | None, path: Path) -> None:
-    """Merge the trainer file ``source`` (a path, or one relative to ``configs/``: ``trainer/ddp.yaml``)
-    over every stage's ``trainer``, so that hardware is written once, in ``configs/trainer/``."""
-    if not source:
-        return
+def apply_hardware(exp: dict[str, Any], override: str | None, path: Path) -> None:
+    """Merge trainer files (a path, or one relative to ``configs/``: ``trainer/ddp.yaml``) over each
+    stage's ``trainer``, so that hardware is written once, in ``configs/trainer/``: the experiment's
+    ``hardware:``, then the stage's own ``hardware:``; ``override`` (``--trainer``) replaces both."""
+    if override:
+        exp["hardware"] = override
+    for stage in exp["stages"].values():
+        if override:
+            stage.pop("hardware", None)
+        for source in (exp.get("hardware"), stage.get("hardware")):
+            if source:
+                stage["trainer"] = deep_merge(stage.get("trainer") or {}, _trainer_file(source, path))
+
+
+def _trainer_file(source: str, path: Path) -> dict[str, Any]:
     file = Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
     trainer = read_yaml(file)
     if not isinstance(trainer, Mapping) or "trainer" in trainer:
         raise PipelineError(f"{file}: a hardware file is a mapping of Trainer arguments (configs/trainer/cpu.yaml)")
-    exp["hardware"] = str(source)
-    for stage in exp["stages"].values():
-        stage["trainer"] = deep_merge(stage.get("trainer") or {}, trainer)
+    return dict(trainer)
 
 
 def _check_override_stage(key: str, stages: Mapping[str, Any], path: Path) -> None:

@@ -12,7 +12,7 @@ from gream_lit.experiment.composition import deep_merge
 from gream_lit.experiment.references import own_artifacts, resolve_refs
 from gream_lit.experiment.run_directory import RunDir
 
-PIPELINE_KEYS = ("artifacts",)
+PIPELINE_KEYS = ("artifacts", "hardware")
 CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 LOGGER_CLASS = "lightning.pytorch.loggers.TensorBoardLogger"
 FILE_LOGGERS = ("TensorBoardLogger", "CSVLogger")
