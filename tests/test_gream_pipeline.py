@@ -372,7 +372,7 @@ def test_predict_ranks_raw_item_ids_for_every_llm_stage_in_both_modes(tmp_path: 
         folder = moved / stage / "hf" / "adapter"
         card = (folder / "README.md").read_text()
         assert f"base_model: {paths['backbone']}" in card and "dataset: `Toy`" in card
-        assert "## Test metrics (leave-one-out, ranked over the full catalogue" in card
+        assert "Protocol: leave-one-out, ranked over the full catalogue (a user's earlier items" in card
         snippet = (
             "import json; from gream_lit import load_recommender; rec = load_recommender('.'); "
             f"items = rec.recommend({history!r}, k=3); print(json.dumps([items, rec.titles(items)]))"

@@ -50,7 +50,7 @@ def write_card(folder: Path, spec: dict) -> None:
     ]
     if spec["metrics"]:
         protocol = PROTOCOLS[spec.get("protocol", "full")]
-        lines += ["", f"## Test metrics ({protocol})", "", "| metric | value |", "|---|---|"]
+        lines += ["", "## Test metrics", "", f"Protocol: {protocol}.", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in spec["metrics"].items()]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
 
