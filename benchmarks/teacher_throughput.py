@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gream_lit.curriculum.cot import main as teacher_main  # noqa: E402
+from gream_lit.curriculum.cli import main as teacher_main  # noqa: E402
 from gream_lit.modeling.backbone import resolve  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon18_scientific"

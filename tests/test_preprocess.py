@@ -8,7 +8,8 @@ import urllib.error
 import pytest
 from test_readers import expected_sequences, write_dump
 
-from gream_lit.data import data_cli, preprocess
+from gream_lit.data import cli as data_cli
+from gream_lit.data import preprocess
 from gream_lit.data.catalog import DataError
 from gream_lit.data.preprocess import build_catalog, dedup_earliest, k_core, numeric_id, order_sequences, write_lcrec
 from gream_lit.data.readers import load_catalog

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gream_lit.curriculum.cot import main as teacher_main
+from gream_lit.curriculum.cli import main as teacher_main
 from gream_lit.modeling.backbone import resolve
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from gream_lit.experiment.pipeline_cli import maybe_run_pipeline
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("gream_lit.data.data_cli", "convert raw datasets to the catalog format, print statistics, download"),
+    "data": ("gream_lit.data.cli", "convert raw datasets to the catalog format, print statistics, download"),
     "index": ("gream_lit.indexing.cli", "embed item text, build and inspect semantic-ID indexes"),
     "sweep": ("gream_lit.experiment.sweep", "Optuna hyperparameter search over an experiment (TPE, pruning, SQLite)"),
     "report": (
@@ -28,7 +28,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
         "compare run directories: tables, learning curves, intervals, TensorBoard hparams",
     ),
     "teacher": (
-        "gream_lit.curriculum.cot",
+        "gream_lit.curriculum.cli",
         "teacher-written data: chain-of-thought samples (cot), user side info (side-info)",
     ),
 }
