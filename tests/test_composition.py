@@ -214,6 +214,9 @@ def test_hardware_is_one_file_for_every_stage_and_trainer_replaces_it(tmp_path: 
         assert stage["trainer"]["strategy"] == "ddp" and stage["trainer"]["accelerator"] == "gpu", name
         assert stage["trainer"]["precision"] == "bf16-mixed", name
     assert ddp["stages"]["rl"]["trainer"]["val_check_interval"] == own["stages"]["rl"]["trainer"]["val_check_interval"]
+    gpu_index = load_experiment(quickstart, {"stages.index.trainer.accelerator": "gpu"})
+    assert gpu_index["stages"]["index"]["trainer"]["accelerator"] == "gpu"  # a stage's own key over hardware:
+    assert gpu_index["stages"]["align"]["trainer"]["accelerator"] == "cpu"
 
     argv = ["fit", "--config", str(quickstart), "--run_dir", str(tmp_path / "run"), "--print_config"]
     assert main([*argv, "--trainer", "trainer/deepspeed.yaml", "--stage", "align"]) == 0

@@ -109,17 +109,24 @@ def load_experiment(
 
 
 def apply_hardware(exp: dict[str, Any], override: str | None, path: Path) -> None:
-    """Merge trainer files (a path, or one relative to ``configs/``: ``trainer/ddp.yaml``) over each
-    stage's ``trainer``, so that hardware is written once, in ``configs/trainer/``: the experiment's
-    ``hardware:``, then the stage's own ``hardware:``; ``override`` (``--trainer``) replaces both."""
+    """Merge trainer files (a path, or one relative to ``configs/``: ``trainer/ddp.yaml``) into each
+    stage's ``trainer``, so that hardware is written once, in ``configs/trainer/``. From weakest to
+    strongest: ``defaults``, the experiment's ``hardware:``, the stage's own ``trainer`` keys, the stage's
+    ``hardware:``; ``override`` (``--trainer``) replaces both files and wins over everything."""
     if override:
         exp["hardware"] = override
     for stage in exp["stages"].values():
+        trainer = stage.get("trainer") or {}
         if override:
             stage.pop("hardware", None)
-        for source in (exp.get("hardware"), stage.get("hardware")):
-            if source:
-                stage["trainer"] = deep_merge(stage.get("trainer") or {}, _trainer_file(source, path))
+            trainer = deep_merge(trainer, _trainer_file(override, path))
+        else:
+            if exp.get("hardware"):
+                trainer = deep_merge(_trainer_file(exp["hardware"], path), trainer)
+            if stage.get("hardware"):
+                trainer = deep_merge(trainer, _trainer_file(stage["hardware"], path))
+        if trainer:
+            stage["trainer"] = trainer
 
 
 def _trainer_file(source: str, path: Path) -> dict[str, Any]:
