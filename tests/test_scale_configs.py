@@ -51,7 +51,7 @@ def test_every_stage_of_the_qwen3_experiment_builds_its_strategy(tmp_path: Path)
     configs = {stage: stage_config(exp, run, stage) for stage in exp["stages"]}
     assert configs["index"]["trainer"]["devices"] == 1
     for stage in ("align", "curriculum"):
-        assert configs[stage]["trainer"]["devices"] == 8
+        assert configs[stage]["trainer"]["devices"] == -1  # configs/trainer/ddp.yaml: every GPU of the node
         fsdp = strategy_of(configs[stage]["trainer"])
         assert isinstance(fsdp, FSDPStrategy)
         assert fsdp._state_dict_type == "sharded"
