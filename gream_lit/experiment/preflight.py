@@ -115,14 +115,14 @@ def apply_hardware(exp: dict[str, Any], override: str | None, path: Path) -> Non
     ``hardware:``; ``override`` (``--trainer``) replaces both files and wins over everything."""
     if override:
         exp["hardware"] = override
+    shared = _trainer_file(exp["hardware"], path) if exp.get("hardware") else {}  # read once for every stage
     for stage in exp["stages"].values():
         trainer = stage.get("trainer") or {}
         if override:
             stage.pop("hardware", None)
-            trainer = deep_merge(trainer, _trainer_file(override, path))
+            trainer = deep_merge(trainer, shared)
         else:
-            if exp.get("hardware"):
-                trainer = deep_merge(_trainer_file(exp["hardware"], path), trainer)
+            trainer = deep_merge(shared, trainer)
             if stage.get("hardware"):
                 trainer = deep_merge(trainer, _trainer_file(stage["hardware"], path))
         if trainer:
