@@ -65,7 +65,7 @@ def staged_cot_rows(n: int, batch: int) -> int:
     [("official", lambda n, b: 3 * n), ("staged", staged_cot_rows), ("none", lambda n, b: 2 * n)],
 )
 def test_counts_by_schedule(toy, schedule, cot_rows):
-    dm = make(toy, schedule=schedule, reason_passes=2)
+    dm = make(toy, schedule=schedule, **({"reason_passes": 2} if schedule == "none" else {}))
     c = dm.counts
     assert c["align_samples"] > 0 and c["cot_samples"] == 14
     assert kinds(dm).count("align") == c["align_samples"]  # every alignment sample exactly once
@@ -185,3 +185,12 @@ def test_compact_curriculum_trains_ids_vocab_with_text_cot_batches(toy, tmp_path
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"reason_passes": 1}, "schedule: none only"), ({"n_stages": 2, "schedule": "none"}, "schedule: staged only")],
+)
+def test_a_schedule_argument_the_schedule_ignores_is_refused(toy, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CurriculumDataModule(teacher={"kind": "template"}, **toy, **kwargs)

@@ -83,6 +83,13 @@ class CurriculumDataModule(AlignmentDataModule):
             raise ValueError(f"unknown curriculum schedule {schedule!r}; expected one of {SCHEDULES}")
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"unknown eval_mode {eval_mode!r}; expected one of {EVAL_MODES}")
+        if reason_passes != 3 and schedule != "none":
+            raise ValueError(
+                f"reason_passes: {reason_passes} applies to schedule: none only; schedule {schedule!r} fixes its "
+                "own passes (official: each CoT sample 3 times)"
+            )
+        if n_stages != 3 and schedule != "staged":
+            raise ValueError(f"n_stages: {n_stages} applies to schedule: staged only, not {schedule!r}")
         if cot_layout not in COT_LAYOUTS:
             raise ValueError(f"unknown cot_layout {cot_layout!r}; expected one of {COT_LAYOUTS}")
         if cot_layout == "short":
