@@ -45,6 +45,16 @@ def test_hierarchies_name_their_leaf_and_titles_only_catalogues_their_rare_words
     assert words.thought([0]) == "Recently Cordless and Drill; mostly Cordless."
 
 
+def test_code_thoughts_name_the_first_id_tokens_of_the_history():
+    codes = ["<a_1>", "<a_2>", "<a_1>", "<a_3>"]
+    writer = ThoughtWriter(movies(), "codes", recent=2, top=2, first_codes=codes)
+    assert writer.thought([0, 1, 2]) == "Recently <a_1> and <a_2>; mostly <a_1> and <a_2>."
+    assert writer.grounded("Recently <a_3>; mostly <a_3>.", [3])
+    assert not writer.grounded("Recently <a_3>; mostly <a_1>.", [3])
+    with pytest.raises(ValueError, match="first_codes"):
+        ThoughtWriter(movies(), "codes")
+
+
 def test_a_thought_is_grounded_only_when_every_kind_it_names_is_in_the_history():
     writer = ThoughtWriter(movies())
     assert writer.grounded("Recently Comedy; mostly Romance.", [2])

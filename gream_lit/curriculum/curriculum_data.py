@@ -212,7 +212,8 @@ class CurriculumDataModule(AlignmentDataModule):
     @property
     def thought_writer(self) -> ThoughtWriter:
         if self._writer is None:
-            self._writer = ThoughtWriter(self.catalog, self.thought_source)
+            codes = [self.index.item_tokens(i)[0] for i in range(self.catalog.n_items)]
+            self._writer = ThoughtWriter(self.catalog, self.thought_source, first_codes=codes)
         return self._writer
 
     def _think_ids(self, history: tuple[int, ...]) -> list[int] | None:

@@ -5,7 +5,8 @@ recent items and the kinds that recur in the visible history. It is a function o
 the target, so the student can write it at test time exactly as it was trained to, and whether what it
 wrote is grounded in the history can be checked (``grounded``). Kinds are an item's categories (the leaf
 of a hierarchy such as Amazon's, every genre of a flat list such as MovieLens') or, for catalogues with
-titles only, its rarest title words. Sizes: about 20-30 SmolLM2 tokens a thought.
+titles only, its rarest title words; or (``codes``) the first token of its semantic ID, the coarse cluster
+the index put it in, so the thought narrows the answer's first step. Sizes: about 20-30 SmolLM2 tokens a thought.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gream_lit.data.compact_format import IGNORE
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-TERM_SOURCES = ("auto", "categories", "leaf", "keywords")
+TERM_SOURCES = ("auto", "categories", "leaf", "keywords", "codes")
 
 
 def _categories(item: dict[str, str]) -> list[str]:
@@ -47,26 +48,39 @@ class ThoughtWriter:
             ``keywords`` for items without categories).
         recent: most recent items whose kinds open the thought.
         top: recurring kinds named after them.
+        first_codes: each item's first semantic-ID token, needed by ``source="codes"``: the kinds are then
+            the coarse clusters of the index itself (first the cluster, then the item within it).
     """
 
-    def __init__(self, catalog: Catalog, source: str = "auto", recent: int = 3, top: int = 3) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        source: str = "auto",
+        recent: int = 3,
+        top: int = 3,
+        first_codes: Sequence[str] | None = None,
+    ) -> None:
         if source not in TERM_SOURCES:
             raise ValueError(f"thought source {source!r}; expected one of {TERM_SOURCES}")
         if min(recent, top) < 1:
             raise ValueError(f"recent and top must be >= 1, got {recent}, {top}")
+        if source == "codes" and (first_codes is None or len(first_codes) != catalog.n_items):
+            raise ValueError("thought source 'codes' needs one first ID token per catalogue item (first_codes)")
         self.recent, self.top = recent, top
         items = catalog.items
         leaf = hierarchical(items) if source == "auto" else source == "leaf"
         titles = KeywordModel((it.get("title", "") for it in items), max_df=0.1)
         self.terms: list[tuple[str, ...]] = []
-        for it in items:
-            cats = _categories(it) if source != "keywords" else []
-            if cats:
+        for i, it in enumerate(items):
+            cats = _categories(it) if source not in ("keywords", "codes") else []
+            if source == "codes":
+                self.terms.append((first_codes[i],))
+            elif cats:
                 self.terms.append((cats[-1],) if leaf else tuple(cats))
             else:
                 self.terms.append(tuple(w.capitalize() for w in titles.keywords(it.get("title", ""))[:2]))
         vocab = sorted({t for ts in self.terms for t in ts}, key=len, reverse=True)
-        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, vocab)) + r")\b") if vocab else None
+        self._pattern = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, vocab)) + r")(?!\w)") if vocab else None
 
     def thought(self, history: Sequence[int]) -> str:
         """The thought for a visible history (catalogue positions, oldest first); empty without kinds."""
