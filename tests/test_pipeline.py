@@ -516,6 +516,18 @@ def test_typos_and_dangling_references_fail_before_any_stage_runs(tmp_path, edit
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("thought_source", "code"), ("schedule", "oficial"), ("cot_layout", "shrt")],
+)
+def test_a_bad_value_beside_a_reference_fails_before_any_stage_runs(key, value):
+    """The curriculum's data holds ``${prev.artifacts.index}``; a wrong value in another of its fields is
+    still an error at load time, naming the field (not a failure after the stages before it)."""
+    path = Path(__file__).parents[1] / "experiments" / "quickstart_short_reasoning.yaml"
+    with pytest.raises(PipelineError, match=rf"stage 'curriculum': data\.{key}: Expected a typing\.Literal.*{value}"):
+        load_experiment(path, {f"stages.curriculum.data.init_args.{key}": value})
+
+
 def test_an_index_a_later_stage_cannot_read_fails_before_the_stages_in_between(tmp_path):
     """SRPO's compact prompts need IDs of one length: the index stage's output is checked as soon as it
     exists, before the stage between them spends its time."""

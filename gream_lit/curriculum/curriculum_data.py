@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 from torch.utils.data import DataLoader
 
 from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample, shortest_encoding
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
 from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
-from gream_lit.curriculum.schedule import SCHEDULES, MixStats, mix
-from gream_lit.curriculum.short_thoughts import ThoughtWriter, short_row, think_block
+from gream_lit.curriculum.schedule import SCHEDULES, MixStats, Schedule, mix
+from gream_lit.curriculum.short_thoughts import ThoughtSource, ThoughtWriter, short_row, think_block
 from gream_lit.curriculum.teachers import build_teacher
 from gream_lit.data import compact_format as compact
 from gream_lit.data.direct_prompt import DirectPrompt
@@ -28,8 +28,10 @@ from gream_lit.data.samplers import SequentialDistributedSampler
 from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT, TaskSample
 
 log = logging.getLogger(__name__)
-EVAL_MODES = ("direct", "reasoning")
-COT_LAYOUTS = ("official", "short")
+EvalMode = Literal["direct", "reasoning"]
+CotLayout = Literal["official", "short"]
+EVAL_MODES = get_args(EvalMode)
+COT_LAYOUTS = get_args(CotLayout)
 
 
 class CurriculumDataModule(AlignmentDataModule):
@@ -70,13 +72,13 @@ class CurriculumDataModule(AlignmentDataModule):
         cot_out: str | None = None,
         cot_max_samples: int | None = None,
         cot_rewrite: str = "denoise",
-        schedule: str = "official",
+        schedule: Schedule = "official",
         n_stages: int = 3,
         reason_passes: int = 3,
-        eval_mode: str = "direct",
-        cot_layout: str = "official",
+        eval_mode: EvalMode = "direct",
+        cot_layout: CotLayout = "official",
         short_per_user: int = 1,
-        thought_source: str = "auto",
+        thought_source: ThoughtSource = "auto",
         **kwargs: Any,
     ) -> None:
         if schedule not in SCHEDULES:

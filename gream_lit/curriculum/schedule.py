@@ -23,10 +23,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 T = TypeVar("T")
-SCHEDULES = ("official", "staged", "none")
+Schedule = Literal["official", "staged", "none"]
+SCHEDULES = get_args(Schedule)
 OFFICIAL_SHUFFLE_SEED = 20241006
 OFFICIAL_SEEDS = (42, 43, 44)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from gream_lit.curriculum.teachers.keywords import KeywordModel
 from gream_lit.data.catalog import Catalog
@@ -21,7 +22,8 @@ from gream_lit.data.compact_format import IGNORE
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-TERM_SOURCES = ("auto", "categories", "leaf", "keywords", "codes")
+ThoughtSource = Literal["auto", "categories", "leaf", "keywords", "codes"]
+TERM_SOURCES = get_args(ThoughtSource)
 
 
 def _categories(item: dict[str, str]) -> list[str]:
@@ -55,7 +57,7 @@ class ThoughtWriter:
     def __init__(
         self,
         catalog: Catalog,
-        source: str = "auto",
+        source: ThoughtSource = "auto",
         recent: int = 3,
         top: int = 3,
         first_codes: Sequence[str] | None = None,

@@ -315,7 +315,22 @@ def check_stage_config(config: Mapping[str, Any], where: str) -> None:
     except _Parsed:
         return
     except ArgumentError as err:
-        text = str(err)
-        if "${" in text:  # a value an earlier stage provides: checked when this stage starts
+        text, found = str(err), _value_at(config, summarize(str(err)).partition(":")[0])
+        if "${" in (str(found) if found is not _MISSING else text):  # an earlier stage provides it: checked then
             return
         raise PipelineError(f"{where}: {summarize(text)}") from err
+
+
+_MISSING = object()
+
+
+def _value_at(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a ``summarize`` key path (``init_args`` levels left out), or ``_MISSING``."""
+    node: Any = config
+    for key in dotted.split(".") if dotted else []:
+        if isinstance(node, Mapping) and key not in node and isinstance(node.get("init_args"), Mapping):
+            node = node["init_args"]
+        if not isinstance(node, Mapping) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node if dotted else _MISSING
