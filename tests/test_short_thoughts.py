@@ -111,6 +111,19 @@ def test_short_rows_are_written_from_the_visible_history_never_from_the_target(t
     assert dm.eval_data["valid"][0]["input_ids"][: len(prefix)] == prefix  # reasoning prompt = direct prompt
 
 
+def test_code_thought_rows_name_the_index_first_tokens_as_single_tokens(toy):  # noqa: F811
+    dm = short_dm(toy, thought_source="codes")
+    first = {dm.index.item_tokens(i)[0] for i in range(dm.catalog.n_items)}
+    first_ids = {dm.tokenizer.convert_tokens_to_ids(t) for t in first}
+    sample = [s for s in dm.split.train if s.history][-1]
+    thought = dm.thought_writer.thought(sample.history)
+    assert dm.index.item_tokens(sample.history[-1])[0] in thought
+    assert set(dm.thought_writer.named(thought)) <= first
+    think = dm.tokenizer(think_block(thought), add_special_tokens=False)["input_ids"]
+    assert first_ids & set(think)  # an ID token of the vocabulary, not its characters
+    assert dm.thought_writer.grounded(dm.tokenizer.decode(think), sample.history)
+
+
 def test_the_short_layout_refuses_a_teacher_and_the_chat_format(toy):  # noqa: F811
     with pytest.raises(ValueError, match="drop cot_path and teacher"):
         make(toy, cot_layout="short", prompt_format="compact")

@@ -214,7 +214,9 @@ class CurriculumDataModule(AlignmentDataModule):
     @property
     def thought_writer(self) -> ThoughtWriter:
         if self._writer is None:
-            codes = [self.index.item_tokens(i)[0] for i in range(self.catalog.n_items)]
+            codes = None
+            if self.thought_source == "codes":
+                codes = [self.index.item_tokens(i)[0] for i in range(self.catalog.n_items)]
             self._writer = ThoughtWriter(self.catalog, self.thought_source, first_codes=codes)
         return self._writer
 

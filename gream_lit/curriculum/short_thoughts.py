@@ -74,10 +74,11 @@ class ThoughtWriter:
         titles = KeywordModel((it.get("title", "") for it in items), max_df=0.1)
         self.terms: list[tuple[str, ...]] = []
         for i, it in enumerate(items):
-            cats = _categories(it) if source not in ("keywords", "codes") else []
             if source == "codes":
                 self.terms.append((first_codes[i],))
-            elif cats:
+                continue
+            cats = _categories(it) if source != "keywords" else []
+            if cats:
                 self.terms.append((cats[-1],) if leaf else tuple(cats))
             else:
                 self.terms.append(tuple(w.capitalize() for w in titles.keywords(it.get("title", ""))[:2]))
