@@ -326,11 +326,13 @@ _MISSING = object()
 
 def _value_at(config: Mapping[str, Any], dotted: str) -> Any:
     """The value at a ``summarize`` key path (``init_args`` levels left out), or ``_MISSING``."""
+    if not dotted:
+        return _MISSING
     node: Any = config
-    for key in dotted.split(".") if dotted else []:
+    for key in dotted.split("."):
         if isinstance(node, Mapping) and key not in node and isinstance(node.get("init_args"), Mapping):
             node = node["init_args"]
         if not isinstance(node, Mapping) or key not in node:
             return _MISSING
         node = node[key]
-    return node if dotted else _MISSING
+    return node

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from gream_lit.data.padding import pad
+
 
 @torch.no_grad()
 def text_nll(
@@ -26,9 +28,7 @@ def text_nll(
         rows = [r for r in rows if len(r) > 1]
         if not rows:
             continue
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        ids, mask = pad(rows, tokenizer.pad_token_id or 0), pad([[1] * len(r) for r in rows], 0)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         keep = mask[:, 1:].bool()
