@@ -40,6 +40,8 @@ def test_protocol_members_include_the_bases_members() -> None:
         "index",
         "load",
         "mode",
+        "prompt_format",
+        "eval_mode",
         "direct_prompt",
         "reasoning_prompt",
     }
@@ -62,7 +64,7 @@ def test_the_data_modules_satisfy_their_contracts(tmp_path: Path) -> None:
     assert missing_members(curriculum, ReasoningStageData) == []
     assert missing_members(rl, RLStageData) == []
     assert "cot_layout" in missing_members(align, ReasoningStageData)
-    assert set(missing_members(rl, SFTStageData)) >= {"tokenizer", "eval_mode", "item_texts"}
+    assert set(missing_members(rl, SFTStageData)) >= {"tokenizer", "item_texts"}
 
 
 def test_a_stage_handed_the_wrong_data_module_names_what_is_missing(tmp_path: Path) -> None:

@@ -114,8 +114,9 @@ def test_compact_prompts_are_the_bare_id_text(data_dir: Path) -> None:
     dm = make_dm(data_dir, mode="direct", prompt_format="compact")
     row = dm.train_set[0]
     assert row["messages"] == "History:<|a_1|><|b_1|><|a_2|><|b_2|><|a_3|><|b_1|><|a_4|><|b_2|>"
-    with pytest.raises(DataError, match="compact needs mode direct"):
-        RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "D.index.json"), prompt_format="compact")
+    short = make_dm(data_dir, mode="reason", prompt_format="compact")  # the short-thought curriculum's prompts
+    assert short.train_set[0]["messages"] == row["messages"]
+    assert short.reasoning_prompt(64) == short.direct_prompt(64)
     index = json.loads((data_dir / "D.index.json").read_text())
     index["0"] = ["<|a_1|>"]
     (data_dir / "D.index.json").write_text(json.dumps(index))

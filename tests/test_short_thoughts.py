@@ -51,6 +51,7 @@ def test_code_thoughts_name_the_first_id_tokens_of_the_history():
     assert writer.thought([0, 1, 2]) == "Recently <a_1> and <a_2>; mostly <a_1> and <a_2>."
     assert writer.grounded("Recently <a_3>; mostly <a_3>.", [3])
     assert not writer.grounded("Recently <a_3>; mostly <a_1>.", [3])
+    assert writer.grounded("<think>Recently <a_3>.</think><a_1><b_2>", [3])  # the answer is no part of the thought
     with pytest.raises(ValueError, match="first_codes"):
         ThoughtWriter(movies(), "codes")
 

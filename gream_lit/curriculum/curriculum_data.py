@@ -214,10 +214,7 @@ class CurriculumDataModule(AlignmentDataModule):
     @property
     def thought_writer(self) -> ThoughtWriter:
         if self._writer is None:
-            codes = None
-            if self.thought_source == "codes":
-                codes = [self.index.item_tokens(i)[0] for i in range(self.catalog.n_items)]
-            self._writer = ThoughtWriter(self.catalog, self.thought_source, first_codes=codes)
+            self._writer = ThoughtWriter.over_index(self.catalog, self.thought_source, self.index)
         return self._writer
 
     def _think_ids(self, history: tuple[int, ...]) -> list[int] | None:

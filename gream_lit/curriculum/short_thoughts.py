@@ -85,6 +85,12 @@ class ThoughtWriter:
         vocab = sorted({t for ts in self.terms for t in ts}, key=len, reverse=True)
         self._pattern = re.compile(r"(?<!\w)(" + "|".join(map(re.escape, vocab)) + r")(?!\w)") if vocab else None
 
+    @classmethod
+    def over_index(cls, catalog: Catalog, source: ThoughtSource, index) -> ThoughtWriter:
+        """The writer of a run whose semantic index is ``index`` (a ``SemanticIndex``, read for ``codes`` only)."""
+        codes = [index.item_tokens(i)[0] for i in range(catalog.n_items)] if source == "codes" else None
+        return cls(catalog, source, first_codes=codes)
+
     def thought(self, history: Sequence[int]) -> str:
         """The thought for a visible history (catalogue positions, oldest first); empty without kinds."""
         recent: dict[str, None] = {}
@@ -103,8 +109,9 @@ class ThoughtWriter:
 
     def grounded(self, text: str, history: Sequence[int]) -> bool:
         """A thought is grounded when it names at least one kind and every kind it names is one of the
-        visible history's."""
-        named = self.named(text)
+        visible history's. Only the thought counts: ``text`` is cut at its first ``</think>``, so the answer
+        ID after it (whose first code is a kind under ``source="codes"``) is not read as part of it."""
+        named = self.named(text.split(THINK_CLOSE, 1)[0])
         seen = {t for item in history for t in self.terms[item]}
         return bool(named) and all(t in seen for t in named)
 

@@ -67,6 +67,8 @@ class RLStageData(LLMStageData, Protocol):
     prompt layouts take the policy's prompt budget."""
 
     mode: str
+    prompt_format: str
+    eval_mode: str
 
     def direct_prompt(self, max_prompt_tokens: int) -> DirectPrompt: ...
 

@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 from jsonargparse.typing import PositiveInt  # a range the preflight checks
-from transformers import GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor
+from transformers import GenerationConfig, LogitsProcessorList, NoRepeatNGramLogitsProcessor, StoppingCriteriaList
 
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.text_format import ANSWER_INTRO, PARSE_FAILURES, parse_reasoning
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables
-from gream_lit.inference.sampling import Rollout, RolloutEngine, generation_config
+from gream_lit.inference.sampling import Rollout, RolloutEngine, TextStop, generation_config
 
 ANSWER_OPEN = "<answer>"
 DECODERS = ("constrained", "sample_rank")
@@ -188,7 +188,6 @@ def _generate(
         num_return_sequences=n,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=[opts.answer_open] if stop else None,
         repetition_penalty=opts.repetition_penalty,
         use_cache=True,
     )
@@ -201,7 +200,9 @@ def _generate(
             attention_mask=attention_mask,
             generation_config=config,
             logits_processor=processors,
-            tokenizer=tokenizer if stop else None,
+            stopping_criteria=StoppingCriteriaList(
+                [TextStop(tokenizer, opts.answer_open, input_ids.shape[1])] if stop else []
+            ),
         )
     return out[:, input_ids.shape[1] :]
 

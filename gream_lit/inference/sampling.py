@@ -11,7 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ def generation_config(model: torch.nn.Module, config: GenerationConfig):
         base.generation_config = saved
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` computes them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -143,12 +150,16 @@ class RolloutEngine:
         return enc.input_ids.to(device), enc.attention_mask.to(device)
 
     @torch.no_grad()
-    def generate(
-        self, model: torch.nn.Module, messages: Sequence[list[dict[str, str]]], sampling: SamplingConfig
-    ) -> Rollout:
-        """Sample ``sampling.n`` responses for each prompt (KV cache on, eval mode)."""
-        device = next(model.parameters()).device
-        input_ids, attention_mask = self.encode(messages, device)
+    def sample(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        sampling: SamplingConfig,
+        stop: StoppingCriteria | None = None,
+    ) -> torch.Tensor:
+        """``[B * n, T]`` sampled tokens after left-padded prompts (KV cache on, eval mode), stopping a row
+        at the end-of-sequence token or where ``stop`` says."""
         config = GenerationConfig(
             do_sample=True,
             temperature=sampling.temperature,
@@ -170,10 +181,18 @@ class RolloutEngine:
                 attention_mask=attention_mask,
                 generation_config=config,
                 logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([stop] if stop is not None else []),
             )
         model.train(was_training)
-        prompt_len = input_ids.shape[1]
-        response = out[:, prompt_len:]
+        return out[:, input_ids.shape[1] :]
+
+    def generate(
+        self, model: torch.nn.Module, messages: Sequence[list[dict[str, str]]], sampling: SamplingConfig
+    ) -> Rollout:
+        """Sample ``sampling.n`` responses for each prompt."""
+        device = next(model.parameters()).device
+        input_ids, attention_mask = self.encode(messages, device)
+        response = self.sample(model, input_ids, attention_mask, sampling)
         mask = self.response_mask(response)
         prompt_ids = input_ids.repeat_interleave(sampling.n, dim=0)
         prompt_mask = attention_mask.repeat_interleave(sampling.n, dim=0)
@@ -231,7 +250,7 @@ class RolloutEngine:
         logits = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask),
+            position_ids=padded_positions(attention_mask),
             use_cache=False,
         ).logits
         logits = logits[:, prompt_ids.shape[1] - 1 : -1].float() / temperature
@@ -239,6 +258,21 @@ class RolloutEngine:
         if self.vocab is not None:
             logits = logits[..., self.vocab.to(logits.device)]
         return token_logits - torch.logsumexp(logits, dim=-1)
+
+
+class TextStop(StoppingCriteria):
+    """Stops each row once the text it generated (after ``prompt_length``) holds ``text``. HF's own
+    ``stop_strings`` rebuilds tables over the whole vocabulary at every call and needs a byte-level or
+    SentencePiece tokenizer; decoding the last few tokens works with any."""
+
+    def __init__(self, tokenizer, text: str, prompt_length: int) -> None:
+        self.tokenizer, self.text, self.prompt_length = tokenizer, text, prompt_length
+        self.window = 2 * len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 2
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        tails = input_ids[:, self.prompt_length :][:, -self.window :].tolist()
+        found = [self.text in self.tokenizer.decode(t, skip_special_tokens=False) for t in tails]
+        return torch.tensor(found, dtype=torch.bool, device=input_ids.device)
 
 
 class AllowOnly(LogitsProcessor):

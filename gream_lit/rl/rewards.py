@@ -7,6 +7,7 @@ the policy keep the answer parseable. Both GREAM ``<|a_1|>`` and LC-Rec ``<a_0>`
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,42 @@ def exact_reward(
         exact=full.exact,
         matched_levels=full.matched_levels,
     )
+
+
+def retrieval_credit(target_logprob: float, n_items: int) -> float:
+    """``1 + log p / ln(n_items)`` clipped to [0, 1]: 0 for a target no likelier than a uniform guess
+    over the catalogue, 1 for a certain one."""
+    if n_items < 2:
+        raise ValueError(f"retrieval credit needs a catalogue of at least 2 items, got {n_items}")
+    return min(1.0, max(0.0, 1.0 + target_logprob / math.log(n_items)))
+
+
+def thought_reward(
+    closed: bool,
+    answer: str | None,
+    target: str,
+    target_logprob: float,
+    n_items: int,
+    retrieval_weight: float = 1.0,
+) -> RewardResult:
+    """Reward of one short thought (``thought_rollouts``): the RSVR prefix credit of the top answer the
+    constrained search gives after it, plus ``retrieval_weight`` x the target's ``retrieval_credit``
+    there, gated on the policy closing its thought. The retrieval term varies between a group's thoughts
+    even when none of their answers hits, so the group still carries a learning signal. ``match`` is the
+    gated reward too: closing the thought is part of what a thought learns, so a group whose thoughts
+    differ only in closing is kept by dynamic sampling.
+
+    Args:
+        closed: the policy wrote ``</think>`` itself within the budget (the format gate).
+        answer: the top answer's ID string (``None``: no answer).
+        target: the target item's ID string.
+        target_logprob: the target ID's log-prob after the thought.
+        n_items: catalogue size (the retrieval credit's scale).
+        retrieval_weight: weight of the retrieval credit (0: RSVR on the answer alone).
+    """
+    match, levels = prefix_match(answer, target) if answer is not None else (0.0, 0)
+    reward = match + retrieval_weight * retrieval_credit(target_logprob, n_items) if closed else 0.0
+    return RewardResult(reward=reward, match=reward, format_ok=closed, exact=match == 1.0, matched_levels=levels)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ Reasoning prompts carry the curriculum SFT's system message (think / rewrite / `
 prompts carry the alignment SFT's, the turn our SFT stages train and test with (an empty
 ``system_prompt`` gives GREAM's bare instruction, to which a chat template may add its own default).
 Templates are the SFT's seq-rec pool (random per prompt) and its fixed evaluation template for ``test``.
-With ``prompt_format: compact`` (direct mode) a prompt is the compact text of an SFT stage trained in
-that format (``compact_format``): the prefix and the history's bare ID tokens, no chat turn.
+With ``prompt_format: compact`` a prompt is the compact text of an SFT stage trained in that format
+(``compact_format``): the prefix and the history's bare ID tokens, no chat turn; in reason mode these are
+the prompts of the short-thought curriculum (``cot_layout: short``), after which the policy writes
+``<think>thought</think>`` and then the ID.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import inspect
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -89,12 +91,15 @@ class RLDataModule(CatalogDataModule):
     Args:
         index_path: the semantic-ID index file (``<D>.index.json``) of the aligned model.
         mode: ``reason`` (GREAM's RL data) or ``direct``.
+        eval_mode: ``direct`` or ``reasoning``: how validation and test prompts are answered by a
+            short-thought policy (``SRPOModule(reasoning=...)``): ``reasoning`` thinks first, as the
+            curriculum's reasoning-mode test (``python -m gream_lit test RUN --mode reasoning`` sets it).
         min_history: smallest history a prompt may have (GREAM: 4).
         max_val_prompts: random validation prompts kept (GREAM: 1000, seed 42; 0 = all).
         max_train_prompts: random training prompts kept (0 = all), for quick runs.
         seed: seed of the template draw and of the subsets.
         system_prompt: system turn; ``None`` = the SFT stage's for ``mode``, ``""`` = none.
-        prompt_format: ``chat`` or ``compact`` (direct mode only; the SFT stage's format).
+        prompt_format: ``chat`` or ``compact`` (the SFT stage's format; in reason mode the short layout).
         other arguments: see ``CatalogDataModule`` (``batch_size`` = prompts per generation batch).
 
     Satisfies ``data.stage_data.RLStageData``, what ``SRPOModule`` reads.
@@ -119,6 +124,7 @@ class RLDataModule(CatalogDataModule):
         system_prompt: str | None = None,
         prompt_format: str = "chat",
         exclude_seen: bool = False,
+        eval_mode: Literal["direct", "reasoning"] = "direct",
     ) -> None:
         super().__init__(
             data_dir,
@@ -132,9 +138,12 @@ class RLDataModule(CatalogDataModule):
         )
         if mode not in MODES:
             raise DataError(f"RLDataModule: unknown mode {mode!r}; expected one of {MODES}")
-        if prompt_format not in ("chat", "compact") or (prompt_format == "compact" and mode != "direct"):
+        if prompt_format not in ("chat", "compact"):
+            raise DataError(f"RLDataModule: prompt_format {prompt_format!r}; expected 'chat' or 'compact'")
+        if eval_mode == "reasoning" and (mode, prompt_format) != ("reason", "compact"):
             raise DataError(
-                f"RLDataModule: prompt_format {prompt_format!r} with mode {mode!r}; compact needs mode direct"
+                f"RLDataModule: eval_mode 'reasoning' with mode {mode!r} and prompt_format {prompt_format!r}; it "
+                "tests short thoughts: mode reason, prompt_format compact"
             )
         if not index_path:
             raise DataError("RLDataModule: index_path is required (the aligned model's semantic-ID index)")
@@ -146,6 +155,7 @@ class RLDataModule(CatalogDataModule):
         self.seed = seed
         self.system_prompt = system_prompt
         self.prompt_format = prompt_format
+        self.eval_mode = eval_mode
         self.index: SemanticIndex | None = None
         self.val_available: int | None = None
 
@@ -179,9 +189,12 @@ class RLDataModule(CatalogDataModule):
         return DirectPrompt("chat", max_prompt_tokens, self.max_history, system, DIRECT_EVAL_TEMPLATE)
 
     def reasoning_prompt(self, max_prompt_tokens: int) -> DirectPrompt:
-        """The layout of this module's reasoning-mode evaluation prompts (``mode: reason``)."""
+        """The layout of this module's reasoning-mode evaluation prompts (``mode: reason``); compact
+        prompts are the direct ones (the decoding appends ``<think>``)."""
         if self.mode != "reason":
             raise DataError(f"RLDataModule: a reasoning prompt layout needs mode reason, not {self.mode!r}")
+        if self.prompt_format == "compact":
+            return self.direct_prompt(max_prompt_tokens)
         system = REASONING_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt or None
         return DirectPrompt("chat", max_prompt_tokens, self.max_history, system, DIRECT_EVAL_TEMPLATE)
 

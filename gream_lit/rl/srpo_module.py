@@ -20,7 +20,9 @@ mean of the whole mini-batch and all ranks stay identical.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -28,6 +30,7 @@ import torch
 from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from lightning.pytorch.strategies import DDPStrategy
 
+from gream_lit.curriculum.short_thoughts import ThoughtSource, ThoughtWriter
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.stage_data import RLStageData
@@ -35,7 +38,7 @@ from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.exclusion import drop_seen
 from gream_lit.inference.llm_stage import LLMStageModule
 from gream_lit.inference.prefix_tables import id_vocab
-from gream_lit.inference.reasoning import ReasoningOptions
+from gream_lit.inference.reasoning import ReasoningOptions, reason_then_rank
 from gream_lit.inference.sampling import Rollout, RolloutEngine, SamplingConfig, concat_rollouts
 from gream_lit.inference.search_precision import check_test_dtype
 from gream_lit.metrics import ranking_metrics
@@ -50,10 +53,11 @@ from gream_lit.rl.filtering import filter_groups
 from gream_lit.rl.kept import Kept, gather
 from gream_lit.rl.losses import low_var_kl, masked_mean, policy_loss
 from gream_lit.rl.policy import load_policy
-from gream_lit.rl.rewards import MODES, RewardResult, get_reward, parse_answer, prompt_contexts
+from gream_lit.rl.rewards import MODES, RewardResult, get_reward, parse_answer, prompt_contexts, thought_reward
 from gream_lit.rl.rl_data import seen_tensor
 from gream_lit.rl.rollout_callback import ROLLOUT_KEY, ROLLOUT_SECONDS_KEY, RolloutCallback
 from gream_lit.rl.sampled_eval import sample_rank_options, sample_ranked, sample_scores
+from gream_lit.rl.thought_rollouts import ThoughtRolloutEngine, answers_after
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,14 @@ class SRPOModule(LLMStageModule):
         lora: LoRA options; the reference policy is then the same weights with the adapter disabled.
             ``None`` trains all weights against a frozen copy.
         mode: ``reason`` or ``direct`` (must match the data module's prompts).
+        reasoning: ``ReasoningOptions`` with ``layout: short``: SRPO of the short-thought curriculum
+            (``mode: reason`` over compact prompts, ``thought_rollouts``): rollouts are thoughts of at most
+            ``rollout.max_new_tokens`` tokens, each rewarded by ``rewards.thought_reward`` (``reward`` is
+            not used), and the data module's ``eval_mode: reasoning`` tests with these options, as the
+            curriculum's reasoning-mode test does. Needs ``eval_decoding: beam``.
+        retrieval_weight: the short layout's weight of the target's retrieval credit.
+        thought_source: the kinds the curriculum's thoughts name (its data module's ``thought_source``): the
+            reasoning-mode test's ``grounded_rate`` checks each thought against its prompt's history.
         reward: ``rsvr`` (prefix credit), ``exact`` (0/1 ablation), or ``package.module.function`` taking
             ``(response, RewardContext)`` (``rewards.RewardContext``: target, history, user, index, catalogue).
         advantage: ``bgae`` (z-score + pass@k bonus), ``grpo`` (z-score only, ablation), or an importable
@@ -97,14 +109,16 @@ class SRPOModule(LLMStageModule):
         lr, weight_decay, grad_clip, warmup_steps: AdamW, gradient-norm clip, linear warm-up in updates (GREAM: 10).
         forward_batch_size: sequences per forward pass when scoring log-probs.
         ks: cut-offs of the validation/test ranking metrics.
-        eval_decoding: ``sample`` (docs/gream_spec.md §8.2: n samples ranked by log-prob) or, in direct mode,
-            ``beam`` (exact trie-constrained beam search, comparable with the SFT stages' direct tests).
+        eval_decoding: ``sample`` (docs/gream_spec.md §8.2: n samples ranked by log-prob) or, in direct mode
+            and the short layout, ``beam`` (exact trie-constrained beam search, comparable with the SFT
+            stages' direct tests).
         num_beams: beams of ``beam`` evaluation.
         test_dtype: ``float32``, or ``bfloat16`` for the ``beam`` test (a bfloat16 copy of the policy:
             ``inference.search_precision``).
         logits_vocab: ``full``, or ``ids`` (direct mode): rollouts are sampled from, and scored over,
             the ID tokens and EOS only, as is the beam evaluation; the policy of an SFT stage trained
-            with ``logits_vocab: ids`` has no distribution over the other rows.
+            with ``logits_vocab: ids`` has no distribution over the other rows. In the short layout
+            ``ids`` applies to the direct-mode beam test only (thoughts are text).
         log_samples_every: write sample rollouts to TensorBoard every this many generation batches.
         export_dir: if set, ``save_pretrained`` the policy and tokenizer there when training ends.
         avoid_cudnn_attention: on CUDA, switch PyTorch's cuDNN attention off (see
@@ -121,6 +135,9 @@ class SRPOModule(LLMStageModule):
         tiny: dict | None = None,
         lora: LoraOptions | None = None,
         mode: str = "reason",
+        reasoning: ReasoningOptions | None = None,
+        retrieval_weight: float = 1.0,
+        thought_source: ThoughtSource = "auto",
         reward: str = "rsvr",
         advantage: str = "bgae",
         pass_k: int = 4,
@@ -156,10 +173,21 @@ class SRPOModule(LLMStageModule):
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         self._reward = get_reward(reward)
         self._advantage = get_advantage(advantage)
-        if eval_decoding not in ("sample", "beam") or (eval_decoding == "beam" and mode != "direct"):
-            raise ValueError(f"eval_decoding {eval_decoding!r}: expected 'sample', or 'beam' with mode 'direct'")
-        if logits_vocab not in ("full", "ids") or (logits_vocab == "ids" and mode != "direct"):
-            raise ValueError(f"logits_vocab {logits_vocab!r}: expected 'full', or 'ids' with mode 'direct'")
+        self.reasoning = _as(ReasoningOptions, reasoning) if reasoning is not None else None
+        if self.reasoning is not None and (self.reasoning.layout != "short" or mode != "reason"):
+            raise ValueError("reasoning options are for SRPO of short thoughts: layout 'short' with mode 'reason'")
+        self.short = self.reasoning is not None
+        ids_ok = mode == "direct" or self.short
+        if eval_decoding not in ("sample", "beam") or (eval_decoding == "beam" and not ids_ok):
+            raise ValueError(
+                f"eval_decoding {eval_decoding!r}: expected 'sample', or 'beam' with mode 'direct' or short thoughts"
+            )
+        if self.short and eval_decoding != "beam":
+            raise ValueError("short-thought SRPO tests with the constrained search: set eval_decoding: beam")
+        if logits_vocab not in ("full", "ids") or (logits_vocab == "ids" and not ids_ok):
+            raise ValueError(
+                f"logits_vocab {logits_vocab!r}: expected 'full', or 'ids' with mode 'direct' or short thoughts"
+            )
         # the CLI may hand dataclass arguments over as plain dicts
         self.sampling = {
             "train": _as(SamplingConfig, rollout),
@@ -180,6 +208,10 @@ class SRPOModule(LLMStageModule):
         self._lookup: dict[str, int] = {}
         self.direct_eval: DirectEvaluator | None = None
         self._gen_batch = 0
+        self._last_answers: list[str] = []
+        self._writer: ThoughtWriter | None = None
+        self._top1: dict[str, list[int]] = {"val": [], "test": []}
+        self._seconds: dict[str, float] = {"val": 0.0, "test": 0.0}
         self.val_metrics = ranking_metrics(tuple(ks), prefix=f"{self.log_prefix}/val/")
         self.test_metrics = ranking_metrics(tuple(ks), prefix=f"{self.log_prefix}/test/")
 
@@ -210,6 +242,14 @@ class SRPOModule(LLMStageModule):
             dm = self.stage_data()
             if dm.mode != self.hparams.mode:
                 raise ValueError(f"SRPO mode {self.hparams.mode!r} but the data module builds {dm.mode!r} prompts")
+            compact_reason = dm.mode == "reason" and dm.prompt_format == "compact"
+            if compact_reason != self.short:
+                raise ValueError(
+                    "short-thought SRPO (model.init_args.reasoning) and compact reasoning prompts "
+                    "(data.init_args.prompt_format: compact with mode: reason) go together"
+                )
+            if dm.eval_mode == "reasoning" and not self.short:
+                raise ValueError("data eval_mode 'reasoning' tests the short layout: set model.init_args.reasoning")
             dm.load()
             self.setup_policy(dm.index)
 
@@ -222,7 +262,13 @@ class SRPOModule(LLMStageModule):
         vocab = None
         if hp.logits_vocab == "ids":
             vocab = id_vocab(index, self.tokenizer)
-        self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size, vocab)
+        if self.short:
+            opts = self.reasoning
+            self.engine = ThoughtRolloutEngine(
+                self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size, opts.think_prefix, opts.answer_open
+            )
+        else:
+            self.engine = RolloutEngine(self.tokenizer, hp.max_prompt_tokens, hp.forward_batch_size, vocab)
         lengths = index.lengths()
         self._direct_len = (int(lengths.min()), int(lengths.max()))
         self._lookup = {index.item_string(i): i for i in range(index.n_items)}
@@ -259,6 +305,40 @@ class SRPOModule(LLMStageModule):
         contexts = prompt_contexts(batch, self.hparams.mode, self._direct_len, dm.index, dm.catalog)
         return [self._reward(text, contexts[i // group_size]) for i, text in enumerate(texts)]
 
+    def score_rollout(self, rollout: Rollout, batch: dict) -> list[RewardResult]:
+        """Rewards of a generation batch: ``score`` of the texts, or in the short layout
+        ``rewards.thought_reward`` of each thought from what the policy answers after it."""
+        if not self.short:
+            return self.score(rollout.texts, batch, rollout.group_size)
+        dm, g = self.stage_data(), rollout.group_size
+        targets = [dm.index.item_tokens(item) for item in batch["item"] for _ in range(g)]
+        target_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in targets]
+        top, logp = answers_after(
+            self.policy,
+            self.engine.answer_contexts(rollout),
+            target_ids,
+            self.direct_eval.tables,
+            self.tokenizer.pad_token_id,
+            self.hparams.forward_batch_size,
+        )
+        closed = self.engine.closed(rollout)
+        n_items = dm.index.n_items
+        close = self.reasoning.answer_open
+        self._last_answers = [  # the sample table's answer column
+            ("" if c else close) + (dm.index.item_string(int(t)) if t >= 0 else "") for c, t in zip(closed, top)
+        ]
+        return [
+            thought_reward(
+                closed[i],
+                dm.index.item_string(int(top[i])) if top[i] >= 0 else None,
+                batch["target"][i // g],
+                float(logp[i]),
+                n_items,
+                self.hparams.retrieval_weight,
+            )
+            for i in range(len(rollout))
+        ]
+
     def _log_rollout_stats(
         self, results: list[RewardResult], rollout: Rollout, kept: torch.Tensor, seconds: float | None
     ) -> None:
@@ -270,8 +350,13 @@ class SRPOModule(LLMStageModule):
 
     def _log_samples(self, batch: dict, rollout: Rollout, results: list[RewardResult]) -> None:
         """The first prompts' rollouts as a TensorBoard table, items by title (``telemetry.sample_table``)."""
-        title, lookup = self.stage_data().catalog.title, self._lookup
-        table = telemetry.sample_table(batch["history"], batch["item"], rollout, results, self._answer, lookup, title)
+        title, lookup, parse = self.stage_data().catalog.title, self._lookup, self._answer
+        if self.short:  # the table shows each thought and the top answer the search gave after it
+            shown = [t + a for t, a in zip(rollout.texts, self._last_answers)]
+            rollout = dataclasses.replace(rollout, texts=shown)
+            close = self.reasoning.answer_open
+            parse = lambda text: parse_answer(text.rsplit(close, 1)[-1], "direct", self._direct_len)  # noqa: E731
+        table = telemetry.sample_table(batch["history"], batch["item"], rollout, results, parse, lookup, title)
         telemetry.write_text(self, telemetry.SAMPLES_TEXT, table, self._gen_batch)
 
     # ---- training -------------------------------------------------------------------------------
@@ -288,7 +373,7 @@ class SRPOModule(LLMStageModule):
         rollout = batch.get(ROLLOUT_KEY)
         if rollout is None:
             raise RuntimeError("SRPOModule trains on the rollouts RolloutCallback puts in each batch; none were found")
-        results = self.score(rollout.texts, batch, rollout.group_size)
+        results = self.score_rollout(rollout, batch)
         match = torch.tensor([r.match for r in results])
         keep = filter_groups(match, rollout.group_size)
         self._gen_batch += 1
@@ -437,8 +522,60 @@ class SRPOModule(LLMStageModule):
         return {"pg_loss": pg_sum, "kl": kl_sum, "clip_fraction": clip_sum, "grad_norm": norm.item()}
 
     # ---- evaluation -----------------------------------------------------------------------------
+    def _reasoning_eval(self) -> bool:
+        return self.short and self.stage_data().eval_mode == "reasoning"
+
+    def _reason(self, batch: dict):
+        """The short layout's reasoning-mode decoding of ``batch``'s prompts, as the curriculum tests it:
+        a greedy thought, closed where the model did not, then the constrained beams."""
+        ids, mask = self.engine.encode(batch["messages"], self.device)
+        tables = self.direct_eval.tables
+        seen = seen_tensor(batch, self.device)
+        return reason_then_rank(self.decoding_model(), self.tokenizer, ids, mask, tables, self.reasoning, seen)
+
+    def _evaluate_reasoning(self, batch: dict, split: str, metrics) -> dict[str, torch.Tensor]:
+        """Reasoning-mode ranking metrics plus ``close_rate`` (thoughts the model closed itself),
+        ``distinct_top1`` and ``users_per_s`` (logged at the epoch's end)."""
+        start = time.perf_counter()
+        result = self._reason(batch)
+        self._seconds[split] += time.perf_counter() - start
+        self._top1[split] += result.items[:, 0].tolist()
+        target = torch.tensor(batch["item"], device=result.items.device)
+        metrics.update(result.items, target)
+        b = len(batch["item"])
+        closed = result.answered.float().mean().item()
+        self.log(f"{self.log_prefix}/{split}/close_rate", closed, on_epoch=True, batch_size=b, sync_dist=True)
+        writer = self.thought_writer()
+        grounded = sum(writer.grounded(t, h) for t, h in zip(result.texts, batch["history"])) / b
+        self.log(f"{self.log_prefix}/{split}/grounded_rate", grounded, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, batch_size=b)
+        return {"user": torch.tensor(batch["user"]), "target": target, "items": result.items}
+
+    def thought_writer(self) -> ThoughtWriter:
+        """The curriculum's thought writer over this run's catalogue (and index, for ``codes``)."""
+        if self._writer is None:
+            dm = self.stage_data()
+            self._writer = ThoughtWriter.over_index(dm.catalog, self.hparams.thought_source, dm.index)
+        return self._writer
+
+    def _log_reasoning_rates(self, split: str) -> None:
+        top1, seconds = self._top1[split], self._seconds[split]
+        if top1:
+            self.log(f"{self.log_prefix}/{split}/distinct_top1", len(set(top1)) / len(top1))
+            self.log(f"{self.log_prefix}/{split}/users_per_s", len(top1) / max(seconds, 1e-9))
+        self._top1[split], self._seconds[split] = [], 0.0
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_reasoning_rates("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_reasoning_rates("test")
+        super().on_test_epoch_end()
+
     def _evaluate(self, batch: dict, sampling: SamplingConfig, split: str, metrics) -> dict[str, torch.Tensor]:
         """Sample ``n`` answers per prompt, rank them by the model's total log-prob (docs/gream_spec.md §8.2), score them."""
+        if self._reasoning_eval():
+            return self._evaluate_reasoning(batch, split, metrics)
         if self.direct_eval is not None:
             # direct mode, exact trie-constrained beam search: the SFT stages' ranking
             ids, mask = self.engine.encode(batch["messages"], self.device)
@@ -469,16 +606,20 @@ class SRPOModule(LLMStageModule):
         return self.stage_data().direct_prompt(self.hparams.max_prompt_tokens)
 
     def bundle_reasoning(self) -> tuple[ReasoningOptions, DirectPrompt] | None:
-        """A reasoning-mode policy's bundle ranks ``n`` test samples by log-prob, as its test does."""
+        """A reasoning-mode policy's bundle ranks ``n`` test samples by log-prob, as its test does; a
+        short-thought policy's thinks, then searches, as its reasoning-mode test does."""
         if self.hparams.mode == "direct":
             return None
         prompt = self.stage_data().reasoning_prompt(self.hparams.max_prompt_tokens)
-        return sample_rank_options(self.sampling["test"]), prompt
+        return (self.reasoning if self.short else sample_rank_options(self.sampling["test"])), prompt
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Ranked items of the test users' prompts, decoded as the stage's test decodes them; sampled
         decoding adds each user's best-ranked text (``PredictionWriter``: ``reasoning``)."""
         user = torch.tensor(batch["user"])
+        if self._reasoning_eval():
+            result = self._reason(batch)
+            return {"user": user, "items": result.items, "texts": result.texts}
         if self.direct_eval is not None:
             ids, mask = self.engine.encode(batch["messages"], self.device)
             seen = seen_tensor(batch, self.device)
