@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_srpo import History, srpo_options, write_two_item_catalog
 
+from gream_lit.experiment.cli import main
+from gream_lit.inference.bundle import BUNDLE_FILE
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import build_prefix_tables, index_token_ids
 from gream_lit.inference.reasoning import left_pad
@@ -149,3 +154,61 @@ def test_short_thoughts_need_matching_options_and_prompts(data_dir: Path) -> Non
         trainer(max_epochs=1).fit(tiny_module(reasoning=None, eval_decoding="sample"), datamodule=short_dm(data_dir))
     with pytest.raises(Exception, match="eval_mode 'reasoning'"):
         RLDataModule(data_dir=str(data_dir), index_path=str(data_dir / "T.index.json"), eval_mode="reasoning")
+
+
+def test_cli_fits_thought_srpo_and_tests_it_thinking(tmp_path: Path, data_dir: Path) -> None:
+    """The real CLI: a short-thought SRPO run logs its rollouts, tests in reasoning mode and writes a bundle
+    whose reasoning mode is the short layout."""
+    export = tmp_path / "policy"
+    tiny = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "words": list(WORDS)}
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 2,
+            "limit_val_batches": 1,
+            "log_every_n_steps": 1,
+            "accelerator": "cpu",
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+        },
+        "model": {
+            "class_path": "gream_lit.rl.srpo_module.SRPOModule",
+            "init_args": {
+                **srpo_options("reason", tiny=tiny, log_samples_every=1, update_groups=1, mini_batch_groups=1),
+                "rollout": {"n": 4, "max_new_tokens": 4},
+                "reasoning": SHORT,
+                "eval_decoding": "beam",
+                "num_beams": 2,
+                "ks": [1, 2],
+                "export_dir": str(export),
+            },
+        },
+        "data": {
+            "class_path": "gream_lit.rl.rl_data.RLDataModule",
+            "init_args": {
+                "data_dir": str(data_dir),
+                "index_path": str(data_dir / "T.index.json"),
+                "mode": "reason",
+                "prompt_format": "compact",
+                "eval_mode": "reasoning",
+                "batch_size": 2,
+                "eval_batch_size": 4,
+            },
+        },
+    }
+    config["model"]["init_args"]["pass_k"] = 2
+    path = tmp_path / "rl_thoughts.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    scalars, texts = set(), set()
+    for events in (tmp_path / "run").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        texts |= set(acc.Tags()["tensors"])
+    assert {"rl/train/reward", "rl/train/format", "rl/train/signal_groups"} <= scalars
+    assert {"rl/val/close_rate", "rl/val/grounded_rate", "rl/val/distinct_top1", "rl/val/ndcg@2"} <= scalars
+    assert "rl/train/samples/text_summary" in texts
+    bundle = json.loads((export / BUNDLE_FILE).read_text())
+    assert bundle["reasoning"]["options"]["layout"] == "short" and bundle["reasoning"]["prompt"]["format"] == "compact"
