@@ -9,8 +9,8 @@ import pytest
 import yaml
 from test_curriculum_data import make, toy  # noqa: F401  (the toy catalogue fixture)
 
-from gream_lit.curriculum.short_thoughts import ThoughtWriter, hierarchical, short_row, think_block
 from gream_lit.data.catalog import Catalog
+from gream_lit.data.short_thoughts import ThoughtWriter, hierarchical, short_row, think_block
 from gream_lit.experiment.cli import main
 from gream_lit.experiment.composition import compose_file
 from gream_lit.inference.reasoning import ReasoningOptions, cut_at_answer

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gream_lit.curriculum.teachers.base import Teacher
-from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
 from gream_lit.curriculum.teachers.prompts import COT_SYSTEM_PROMPT, cot_messages
 from gream_lit.data.catalog import Catalog, DataError
+from gream_lit.data.keywords import KeywordModel, item_document
 from gream_lit.data.semantic_index import SemanticIndex
 from gream_lit.data.split import Sample
 from gream_lit.data.text_format import (

@@ -19,12 +19,12 @@ from gream_lit.alignment.sft_data import AlignmentDataModule, encode_sample, sho
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info
 from gream_lit.curriculum.cot import CotSample, build_cot_dataset, load_cot_samples
 from gream_lit.curriculum.schedule import SCHEDULES, MixStats, Schedule, mix
-from gream_lit.curriculum.short_thoughts import ThoughtSource, ThoughtWriter, short_row, think_block
 from gream_lit.curriculum.teachers import build_teacher
 from gream_lit.data import compact_format as compact
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.resumable import ResumableDataLoader
 from gream_lit.data.samplers import SequentialDistributedSampler
+from gream_lit.data.short_thoughts import ThoughtSource, ThoughtWriter, short_row, think_block
 from gream_lit.data.text_format import REASONING_EVAL_TEMPLATE, REASONING_SYSTEM_PROMPT, SYSTEM_PROMPT, TaskSample
 
 log = logging.getLogger(__name__)

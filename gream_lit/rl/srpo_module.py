@@ -30,9 +30,9 @@ import torch
 from jsonargparse.typing import PositiveInt  # a range the preflight checks
 from lightning.pytorch.strategies import DDPStrategy
 
-from gream_lit.curriculum.short_thoughts import ThoughtSource, ThoughtWriter
 from gream_lit.data.direct_prompt import DirectPrompt
 from gream_lit.data.semantic_index import SemanticIndex
+from gream_lit.data.short_thoughts import ThoughtSource, ThoughtWriter
 from gream_lit.data.stage_data import RLStageData
 from gream_lit.inference import DirectEvaluator
 from gream_lit.inference.exclusion import drop_seen

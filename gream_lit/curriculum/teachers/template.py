@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 
 from gream_lit.curriculum.teachers.base import Messages, Teacher, TeacherError, describe_request, validate_messages
-from gream_lit.curriculum.teachers.keywords import KeywordModel, item_document
 from gream_lit.curriculum.teachers.prompts import (
     COT_SYSTEM_PROMPT,
     INTENTION_PROMPTS,
@@ -18,6 +17,7 @@ from gream_lit.curriculum.teachers.prompts import (
     parse_item_blocks,
 )
 from gream_lit.data.catalog import Catalog
+from gream_lit.data.keywords import KeywordModel, item_document
 
 
 def categories(item: dict[str, str]) -> list[str]:

@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-from gream_lit.curriculum.teachers.keywords import KeywordModel
 from gream_lit.data.catalog import Catalog
 from gream_lit.data.compact_format import IGNORE
+from gream_lit.data.keywords import KeywordModel
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
