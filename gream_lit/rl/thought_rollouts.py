@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gream_lit.data.padding import pad
 from gream_lit.inference.constrained_beam import constrained_beam_search
 from gream_lit.inference.prefix_tables import PrefixTables
 from gream_lit.inference.reasoning import append_tokens, left_pad
@@ -66,10 +67,8 @@ class ThoughtRolloutEngine(RolloutEngine):
         sampled = self.sample(model, ids, mask, sampling, stop)
         stops = {self.tokenizer.eos_token_id}
         rows = [cut_thought(row, self._decode_tokens, self.close, stops)[0] for row in sampled.tolist()]
-        width = max(len(r) for r in rows)
-        pad_id = self.tokenizer.pad_token_id
-        response = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-        response_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        response = pad(rows, self.tokenizer.pad_token_id).to(device)
+        response_mask = pad([[1] * len(r) for r in rows], 0).to(device)
         texts = [self._decode_tokens([t for t in r if t not in stops]) for r in rows]
         n = sampling.n
         return Rollout(ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), response, response_mask, texts, n)
