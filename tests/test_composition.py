@@ -14,7 +14,7 @@ from gream_lit.experiment.cli import main
 from gream_lit.experiment.composition import PipelineError, compose_file, composed_config_args, deep_merge
 from gream_lit.experiment.preflight import load_experiment
 from gream_lit.experiment.run_directory import RunDir
-from gream_lit.experiment.stage_configs import stage_config
+from gream_lit.experiment.stage_configs import merged_stage, stage_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -234,3 +234,30 @@ def test_hardware_is_one_file_for_every_stage_and_trainer_replaces_it(tmp_path: 
     typo.write_text("acelerator: cpu\n")
     with pytest.raises(PipelineError, match="acelerator"):
         load_experiment(quickstart, hardware=str(typo))
+
+
+def test_dataset_is_one_file_under_every_stage_and_one_override_moves_the_recipe(tmp_path: Path) -> None:
+    """``dataset: data/ml100k.yaml`` reaches every stage's data; ``--set dataset=...`` swaps it for all of them,
+    while ``defaults`` and a stage's own data keys win over it."""
+    recipe = REPO / "experiments" / "gream_cpu.yaml"
+    own = load_experiment(recipe)
+    for name in own["stages"]:
+        assert merged_stage(own, name)["data"]["init_args"]["format"] == "movielens_widedeep", name
+    scientific = load_experiment(recipe, {"dataset": "data/scientific.yaml"})
+    for name in scientific["stages"]:
+        args = merged_stage(scientific, name)["data"]["init_args"]
+        assert args["data_dir"] == "../shared/data/amazon18_scientific" and "format" not in args, name
+    pinned = load_experiment(recipe, {"dataset": "data/games.yaml", "stages.sasrec.data.init_args.data_dir": "x"})
+    assert merged_stage(pinned, "sasrec")["data"]["init_args"]["data_dir"] == "x"
+    assert merged_stage(pinned, "align")["data"]["init_args"]["data_dir"] == "../shared/data/amazon18_games"
+    own_data = load_experiment(
+        recipe, {"defaults.data.init_args.format": "lcrec", "defaults.data.init_args.data_dir": "d"}
+    )
+    index_data = merged_stage(own_data, "index")["data"]["init_args"]
+    assert (index_data["format"], index_data["data_dir"], index_data["collaborative_weight"]) == ("lcrec", "d", 0.25)
+
+    wrong = write(tmp_path / "wrong.yaml", "trainer: {max_epochs: 1}\n")
+    with pytest.raises(PipelineError, match=r"wrong.yaml: a dataset file holds one 'data' mapping"):
+        load_experiment(recipe, {"dataset": str(wrong)})
+    with pytest.raises(PipelineError, match="include 'data/nope.yaml'"):
+        load_experiment(recipe, {"dataset": "data/nope.yaml"})

@@ -40,7 +40,8 @@ from gream_lit.experiment.run_directory import RunDir
 from gream_lit.experiment.stage_configs import PIPELINE_KEYS, merged_stage, stage_body, stage_class
 
 # sweep: read by `sweep`; mmap_threshold: glibc's, in bytes, for every stage (allocator.py);
-# hardware: a configs/trainer/ file merged over every stage's trainer (`--trainer` replaces it)
+# hardware: a configs/trainer/ file merged over every stage's trainer (`--trainer` replaces it);
+# dataset: a configs/data/ file merged under every stage's data (`--set dataset=data/games.yaml`)
 EXPERIMENT_KEYS = (
     "name",
     "seed_everything",
@@ -50,6 +51,7 @@ EXPERIMENT_KEYS = (
     "sweep",
     "mmap_threshold",
     "hardware",
+    "dataset",
 )
 # a stage is a LightningCLI config (GreamCLI adds test_after_fit) plus the pipeline's own keys
 STAGE_KEYS = (
@@ -88,6 +90,7 @@ def load_experiment(
         set_dotted(exp, key, value)
     exp["stages"] = {k: v for k, v in exp["stages"].items() if v is not None}
     exp = resolve_static(exp, path)
+    apply_dataset(exp, path)
     apply_hardware(exp, hardware, path)
     check_run_settings(exp, path)
     if not exp["stages"]:
@@ -127,6 +130,23 @@ def apply_hardware(exp: dict[str, Any], override: str | None, path: Path) -> Non
                 trainer = deep_merge(trainer, _trainer_file(stage["hardware"], path))
         if trainer:
             stage["trainer"] = trainer
+
+
+def apply_dataset(exp: dict[str, Any], path: Path) -> None:
+    """Merge the experiment's ``dataset:`` file (a path, or one relative to ``configs/``: ``data/games.yaml``)
+    under its ``defaults``, so every stage reads that dataset and a recipe moves to another one with one
+    override. From weakest to strongest: the dataset file, ``defaults``, the stage's own keys."""
+    if not exp.get("dataset"):
+        return
+    source = exp["dataset"]
+    file = Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
+    piece = resolve_includes(read_yaml(file), file.parent, (file,))
+    if not isinstance(piece, Mapping) or set(piece) != {"data"}:
+        keys = sorted(piece) if isinstance(piece, Mapping) else piece
+        raise PipelineError(
+            f"{file}: a dataset file holds one 'data' mapping (configs/data/scientific.yaml), got {keys!r}"
+        )
+    exp["defaults"] = deep_merge(piece, exp.get("defaults") or {})
 
 
 def _trainer_file(source: str, path: Path) -> dict[str, Any]:

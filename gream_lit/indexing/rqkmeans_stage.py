@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 
 from gream_lit.data.semantic_index import SemanticIndex
-from gream_lit.indexing.build import BuildConfig, build_index
+from gream_lit.indexing.build import BuildConfig, auto_codebook_size, build_index
 from gream_lit.indexing.quality_report import index_report
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ class RQKMeansIndex(L.LightningModule):
         output_path: where the index json goes (a pipeline points it into the stage directory).
         method, levels, codebook_size, collision, seed, max_iter, tol, n_init, style: see ``BuildConfig``;
             the defaults are GREAM's (docs/gream_spec.md §4.2: balanced, 4 x 256, 3 inits of at most 100 iterations).
+            ``codebook_size: auto`` sizes the levels to the catalogue (``auto_codebook_size`` with ``id_space``
+            IDs per item), so one recipe fits any dataset.
     """
 
     def __init__(
@@ -34,18 +36,26 @@ class RQKMeansIndex(L.LightningModule):
         output_path: str,
         method: str = "balanced_rqkmeans",
         levels: int = 4,
-        codebook_size: int = 256,
+        codebook_size: int | str = 256,
         collision: str = "rank",
         seed: int = 42,
         max_iter: int = 100,
         tol: float = 1e-4,
         n_init: int = 3,
         style: str = "gream",
+        id_space: float = 2.4,
     ) -> None:
         super().__init__()
+        if isinstance(codebook_size, str) and codebook_size != "auto":
+            raise ValueError(f"codebook_size must be a number of codes or 'auto', got {codebook_size!r}")
         self.save_hyperparameters()
-        self.build_config = BuildConfig(method, levels, codebook_size, collision, seed, max_iter, tol, n_init, style)
+        self.build_config(n_items=1)  # the arguments checked now, not after the embeddings
         self.automatic_optimization = False
+
+    def build_config(self, n_items: int) -> BuildConfig:
+        h = self.hparams
+        size = auto_codebook_size(n_items, h.levels, h.id_space) if h.codebook_size == "auto" else h.codebook_size
+        return BuildConfig(h.method, h.levels, size, h.collision, h.seed, h.max_iter, h.tol, h.n_init, h.style)
 
     def configure_optimizers(self) -> None:
         return None
@@ -54,13 +64,20 @@ class RQKMeansIndex(L.LightningModule):
         if batch_idx or self.current_epoch:
             return
         dm = self.trainer.datamodule
-        result = build_index(dm.embeddings.numpy(), self.build_config)
+        config = self.build_config(len(dm.embeddings))
+        result = build_index(dm.embeddings.numpy(), config)
         result.index.meta.update({"dataset": dm.catalog.name, "encoder": dm.encoder, "fields": dm.fields})
         path = Path(self.hparams.output_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         result.index.to_json(path)
         log.info(
-            "%s index of %d items -> %s (%.1f s)", self.build_config.method, result.index.n_items, path, result.seconds
+            "%s index of %d items, %d x %d codes -> %s (%.1f s)",
+            config.method,
+            result.index.n_items,
+            config.levels,
+            config.codebook_size,
+            path,
+            result.seconds,
         )
 
     def test_step(self, batch, batch_idx: int) -> None:
