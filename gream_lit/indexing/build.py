@@ -28,9 +28,8 @@ def auto_codebook_size(n_items: int, levels: int, id_space: float = 2.4, multipl
             f"{id_space}, {multiple}"
         )
     need = id_space * n_items
-    size = max(
-        multiple, 2, multiple * int(need ** (1 / levels) // multiple)
-    )  # from just below the root, exactly upward
+    # from the multiple just below the root upward, in integers, so float rounding cannot undershoot
+    size = max(multiple, 2, multiple * int(need ** (1 / levels) // multiple))
     while size**levels < need:
         size += multiple
     return size
