@@ -138,8 +138,7 @@ def apply_dataset(exp: dict[str, Any], path: Path) -> None:
     override. From weakest to strongest: the dataset file, ``defaults``, the stage's own keys."""
     if not exp.get("dataset"):
         return
-    source = exp["dataset"]
-    file = Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
+    file = _config_file(exp["dataset"], path)
     piece = resolve_includes(read_yaml(file), file.parent, (file,))
     if not isinstance(piece, Mapping) or set(piece) != {"data"}:
         keys = sorted(piece) if isinstance(piece, Mapping) else piece
@@ -149,8 +148,13 @@ def apply_dataset(exp: dict[str, Any], path: Path) -> None:
     exp["defaults"] = deep_merge(piece, exp.get("defaults") or {})
 
 
+def _config_file(source: str, path: Path) -> Path:
+    """A piece named by path, else relative to the experiment's folder or the nearest ``configs/`` above it."""
+    return Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
+
+
 def _trainer_file(source: str, path: Path) -> dict[str, Any]:
-    file = Path(source).resolve() if Path(source).is_file() else include_path(source, path.parent)
+    file = _config_file(source, path)
     trainer = read_yaml(file)
     if not isinstance(trainer, Mapping) or "trainer" in trainer:
         raise PipelineError(f"{file}: a hardware file is a mapping of Trainer arguments (configs/trainer/cpu.yaml)")
