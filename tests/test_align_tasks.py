@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from gream_lit.alignment.sft_data import BucketBatchSampler, encode_sample, shortest_encoding
+from gream_lit.alignment.sft_data import BucketBatchSampler, budget_batches, encode_sample, shortest_encoding
 from gream_lit.alignment.tasks import TaskContext, build_alignment_samples, load_side_info, parse_task_specs
 from gream_lit.alignment.tasks.builders import clean_title
 from gream_lit.curriculum.cot import CotSample
@@ -169,3 +169,23 @@ def test_bucket_sampler_covers_all_and_groups_lengths():
     assert list(sampler) != batches  # every pass (epoch) reshuffles
     sampler.set_epoch(0)
     assert list(sampler) == batches
+
+
+def test_budget_batches_cut_sorted_rows_at_the_padded_token_budget():
+    lengths = [3, 3, 4, 4, 9, 20]
+    # [3,3,4]: 3 rows x 4 = 12 <= 12; a 4th row of 4 would pad to 16; 9 alone; 20 exceeds the budget alone
+    assert budget_batches(range(6), lengths, 12) == [[0, 1, 2], [3], [4], [5]]
+    assert budget_batches(range(6), lengths, 100) == [[0, 1, 2, 3, 4], [5]]
+
+
+def test_bucket_sampler_with_a_token_budget_fills_batches_by_tokens():
+    lengths = [i * 7 % 50 + 1 for i in range(200)]
+    sampler = BucketBatchSampler(lengths, batch_size=10, window=20, seed=1, max_tokens=120)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert all(len(b) * max(lengths[i] for i in b) <= 120 for b in batches)
+    assert max(len(b) for b in batches) > 10  # short rows share a step beyond batch_size
+    sampler.set_epoch(0)
+    assert len(sampler) == len(batches) and list(sampler) == batches
+    with pytest.raises(ValueError, match="max_tokens"):
+        BucketBatchSampler(lengths, batch_size=10, max_tokens=0)

@@ -6,6 +6,7 @@ import pytest
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gream_lit.data.samplers import (
+    BatchedRows,
     BatchesDistributedSampler,
     SequentialDistributedSampler,
     UnrepeatedDistributedSampler,
@@ -60,29 +61,27 @@ def test_sequential_sampler_matches_one_process_batches_step_by_step():
     assert ranks[0][-1].tolist() + ranks[1][-1].tolist() == [18, 19, 20, 21, 22, 22]
 
 
-def test_batches_go_whole_to_ranks_with_the_short_one_last():
-    # batches of 2 from a batch sampler; the short [6] is moved behind the full ones, then 4 -> pad to 6
-    batches = [[6], [0, 1], [2, 3], [4, 5], [7, 8]]
-    ranks = [list(BatchesDistributedSampler(batches, 2, num_replicas=2, rank=r)) for r in range(2)]
-    assert ranks == [[0, 1, 4, 5, 6], [2, 3, 7, 8, 0, 1]]
-    loaders = [
-        [b.tolist() for b in DataLoader(range(9), batch_size=2, sampler=BatchesDistributedSampler(batches, 2, 2, r))]
-        for r in range(2)
-    ]
-    assert loaders == [[[0, 1], [4, 5], [6]], [[2, 3], [7, 8], [0, 1]]]
-    assert len(BatchesDistributedSampler(batches, 2, 2, 1)) == 6
+def test_batches_go_whole_to_ranks_whatever_their_size():
+    # 5 batches over 2 ranks -> padded to 6 with the first; each rank yields its batches as lists
+    batches = [[6], [0, 1], [2, 3, 4], [5], [7, 8]]
+    ranks = [list(BatchesDistributedSampler(batches, num_replicas=2, rank=r)) for r in range(2)]
+    assert ranks == [[[6], [2, 3, 4], [7, 8]], [[0, 1], [5], [6]]]
+    assert len(BatchesDistributedSampler(batches, 2, 1)) == 3 and len(BatchesDistributedSampler(batches, 1, 0)) == 5
+    rows = BatchedRows("abcdefghi")
+    loader = DataLoader(rows, batch_size=None, sampler=BatchesDistributedSampler(batches, 2, 1), collate_fn="".join)
+    assert list(loader) == ["ab", "f", "g"]
 
 
 def test_batches_sampler_forwards_the_epoch_and_keeps_bucketed_batches():
     from gream_lit.alignment.sft_data import BucketBatchSampler
 
     bucket = BucketBatchSampler([5, 1, 4, 2, 3, 9, 8, 7], batch_size=2, window=4, seed=0)
-    sampler = BatchesDistributedSampler(bucket, 2, num_replicas=2, rank=0)
+    sampler = BatchesDistributedSampler(bucket, num_replicas=2, rank=0)
     for epoch in (0, 1):
         sampler.set_epoch(epoch)
         bucket.set_epoch(epoch)
         expected = list(bucket)[0::2]
-        assert [b.tolist() for b in DataLoader(range(8), batch_size=2, sampler=sampler)] == expected
+        assert list(DataLoader(BatchedRows(range(8)), batch_size=None, sampler=sampler, collate_fn=list)) == expected
 
 
 def test_bad_rank_or_batch_size_is_rejected():
@@ -90,5 +89,3 @@ def test_bad_rank_or_batch_size_is_rejected():
         UnrepeatedDistributedSampler(range(4), num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="batch_size"):
         SequentialDistributedSampler(range(4), batch_size=0, num_replicas=1, rank=0)
-    with pytest.raises(ValueError, match="2 short batches"):
-        BatchesDistributedSampler([[0], [1, 2], [3]], 2, num_replicas=1, rank=0)

@@ -140,6 +140,20 @@ def test_datamodule_batches(tmp_path):
     assert len(dm.eval_data["test"]) == 5
 
 
+def test_token_budget_batches_train_every_row_once_within_the_budget(tmp_path):
+    paths = write_toy_dataset(tmp_path)
+    dm = AlignmentDataModule(**paths, batch_size=2, max_tokens=400, val_users=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert all(b["input_ids"].numel() <= 400 or b["input_ids"].shape[0] == 1 for b in batches)
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(dm.train_data)
+    assert max(b["input_ids"].shape[0] for b in batches) > 2  # more rows than batch_size where they fit
+    with pytest.raises(ValueError, match="bucket_window"):
+        AlignmentDataModule(**paths, max_tokens=64, bucket_window=0)
+
+
 def test_full_finetuning_trains_every_weight_and_exports_model(tmp_path):
     import lightning as L
 

@@ -23,7 +23,7 @@ from gream_lit.data.datamodule import CatalogDataModule
 from gream_lit.data.direct_prompt import PROMPT_FORMATS, DirectPrompt, fit_prompt, prompt_ids
 from gream_lit.data.padding import pad
 from gream_lit.data.resumable import ResumableDataLoader
-from gream_lit.data.samplers import BatchesDistributedSampler
+from gream_lit.data.samplers import BatchedRows, BatchesDistributedSampler
 from gream_lit.data.semantic_index import SemanticIndex, check_handoff_index
 from gream_lit.data.split import Sample, train_sequences
 from gream_lit.data.templates import ITEM2INDEX
@@ -78,35 +78,68 @@ def shortest_encoding(tokenizer, sample: TaskSample, system: str | None) -> int:
     return len(prompt_ids(tokenizer, sample.messages(system, drop)[:-1])) + len(answer)
 
 
+def budget_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut ``order`` (sorted by length, shortest first) into batches whose padded size, rows times the
+    longest row, is at most ``max_tokens``; a row longer than the budget is a batch of its own."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length: shuffle, sort inside windows of ``window`` batches, shuffle batches.
 
-    Cuts padding several-fold against random batches while keeping the order random. Single-process
-    only (it replaces the sampler, so Lightning cannot insert a DistributedSampler). Lightning only
-    calls ``set_epoch`` on samplers, not batch samplers, so each ``__iter__`` also advances the epoch.
+    Cuts padding several-fold against random batches while keeping the order random. With
+    ``max_tokens`` a batch holds as many rows as fit that many padded tokens instead of ``batch_size``
+    (which then only sizes the windows): short rows share a step, whose cost on a CPU is largely fixed.
+    Lightning only calls ``set_epoch`` on samplers, not batch samplers, so each ``__iter__`` also
+    advances the epoch; ``BatchesDistributedSampler`` sets it explicitly.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, window: int = 50, seed: int = 0) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        window: int = 50,
+        seed: int = 0,
+        max_tokens: int | None = None,
+    ) -> None:
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or null, got {max_tokens}")
         self.lengths, self.batch_size, self.window, self.seed, self.epoch = list(lengths), batch_size, window, seed, 0
+        self.max_tokens = max_tokens
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        if self.max_tokens is None:
+            return -(-len(self.lengths) // self.batch_size)
+        return len(self._batches(self.epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
+        batches = self._batches(self.epoch)
         self.epoch += 1
+        return iter(batches)
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         span = self.batch_size * self.window
         batches = []
         for start in range(0, len(order), span):
             chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            if self.max_tokens is None:
+                batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            else:
+                batches += budget_batches(chunk, self.lengths, self.max_tokens)
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
 
 
 def label_index(labels: torch.Tensor) -> torch.Tensor:
@@ -139,6 +172,9 @@ class AlignmentDataModule(CatalogDataModule):
         extend_vocab: add the index tokens to the tokenizer; ``False`` requires them to be there
             already (evaluating a trained model) and fails clearly otherwise.
         bucket_window: batches per length-sorting window (0 = plain shuffle).
+        max_tokens: training batches of as many rows as fit this many padded tokens instead of
+            ``batch_size`` rows (``null``: ``batch_size`` rows). The same budget suits long and short
+            sequences: on a CPU a step of four 12-token rows is mostly fixed cost.
         item2index_probe: also evaluate title -> ID on this many random training items (0 = off):
             a second validation/test set named ``item2index`` whose recall@1 is exact-ID accuracy.
         prompt_format: ``chat`` (GREAM's instruction prompts in the backbone's chat template) or
@@ -163,6 +199,7 @@ class AlignmentDataModule(CatalogDataModule):
         eval_system_prompt: str | None = SYSTEM_PROMPT,
         extend_vocab: bool = True,
         bucket_window: int = 50,
+        max_tokens: int | None = None,
         item2index_probe: int = 0,
         prompt_format: str = "chat",
         seed: int = 0,
@@ -184,7 +221,10 @@ class AlignmentDataModule(CatalogDataModule):
         self.val_users = val_users
         self.eval_system_prompt = eval_system_prompt
         self.extend_vocab = extend_vocab
+        if max_tokens is not None and not bucket_window:
+            raise ValueError("max_tokens needs bucket_window > 0 (budgets are cut from length-sorted windows)")
         self.bucket_window = bucket_window
+        self.max_tokens = max_tokens
         self.item2index_probe = item2index_probe
         self.seed = seed
         self.tokenizer = None
@@ -363,10 +403,10 @@ class AlignmentDataModule(CatalogDataModule):
         common = {"collate_fn": self._collate_train, "num_workers": self.num_workers}
         if self.bucket_window:
             lengths = [len(r["input_ids"]) for r in self.train_data]
-            buckets = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed)
+            buckets = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed, self.max_tokens)
             # Whole buckets dealt to ranks: a bare batch_sampler cannot run under DDP.
-            sampler = BatchesDistributedSampler(buckets, self.batch_size)
-            return ResumableDataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, **common)
+            sampler = BatchesDistributedSampler(buckets)
+            return ResumableDataLoader(BatchedRows(self.train_data), batch_size=None, sampler=sampler, **common)
         return ResumableDataLoader(self.train_data, batch_size=self.batch_size, shuffle=True, **common)
 
     def _eval_loader(self, split: str) -> DataLoader:

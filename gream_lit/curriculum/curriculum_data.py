@@ -103,6 +103,8 @@ class CurriculumDataModule(AlignmentDataModule):
                 raise ValueError(f"short_per_user must be >= 1, got {short_per_user}")
         elif cot and (cot_path is None) == (teacher is None):
             raise ValueError("cot: true needs exactly one CoT source: cot_path (a file) or teacher (generate)")
+        if kwargs.get("max_tokens") is not None:
+            raise ValueError("max_tokens: the curriculum trains an ordered stream in batches of batch_size rows")
         if eval_mode == "reasoning" and cot_layout == "official":
             kwargs["eval_system_prompt"] = REASONING_SYSTEM_PROMPT
         super().__init__(index_path=index_path, **kwargs)

@@ -15,17 +15,18 @@ act as a plain sequential sampler of one process.
   ``r`` takes its ``r``-th contiguous slice of ``B`` samples, so a ``W``-process run sees the same
   samples per optimizer step as one process with batch ``W*B``, and a curriculum mixed in batches of
   ``B`` keeps each rank's batch homogeneous.
-* ``BatchesDistributedSampler`` (training with a batch sampler, e.g. length bucketing): whole batches
-  round-robin over ranks, flattened so a ``DataLoader`` with the same ``batch_size`` re-forms them. A
-  custom ``batch_sampler`` itself cannot run under DDP: Lightning fails to inject its sampler into it.
+* ``BatchesDistributedSampler`` (training with a batch sampler, e.g. length bucketing or token budgets):
+  whole batches round-robin over ranks, each yielded as one list of indices into a ``BatchedRows``
+  dataset read by a ``DataLoader(batch_size=None)``, so batches may differ in size. A custom
+  ``batch_sampler`` itself cannot run under DDP: Lightning fails to inject its sampler into it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -105,44 +106,46 @@ class SequentialDistributedSampler(DistributedSampler):
 
 
 class BatchesDistributedSampler(DistributedSampler):
-    """Batch ``j`` of ``batch_sampler`` goes to rank ``j % W``; each rank yields its batches' indices in order.
+    """Batch ``j`` of ``batch_sampler`` goes to rank ``j % W``; each rank yields its batches whole, in order.
 
     Ranks need the same number of batches, so the batch list is padded with its first batches (a few
-    samples seen twice per epoch, as torch's sampler does). A short batch is moved behind the full ones,
-    where it is its rank's last and the ``DataLoader``'s ``batch_size`` chunks still match the batches.
-    ``set_epoch`` is forwarded to ``batch_sampler`` when it has one (a new order per epoch).
+    samples seen twice per epoch, as torch's sampler does). ``set_epoch`` is forwarded to
+    ``batch_sampler`` when it has one (a new order per epoch); the length is that epoch's batch count.
 
     Args:
         batch_sampler: yields lists of dataset indices; the same on every rank (seeded).
-        batch_size: size of its full batches, and the ``batch_size`` of the ``DataLoader``.
         num_replicas, rank: default to the initialised process group, else one process.
     """
 
     def __init__(
-        self,
-        batch_sampler: Iterable[list[int]],
-        batch_size: int,
-        num_replicas: int | None = None,
-        rank: int | None = None,
+        self, batch_sampler: Iterable[list[int]], num_replicas: int | None = None, rank: int | None = None
     ) -> None:
         num_replicas, rank = _world(num_replicas, rank)
-        self.batch_sampler, self.batch_size = batch_sampler, batch_size
+        self.batch_sampler = batch_sampler
         self.num_replicas, self.rank, self.epoch, self.shuffle, self.drop_last = num_replicas, rank, 0, False, False
-        self.num_samples = sum(len(b) for b in self._rank_batches())
-        self.total_size = self.num_samples * num_replicas
 
     def _rank_batches(self) -> list[list[int]]:
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(self.epoch)
         batches = [list(b) for b in self.batch_sampler]
-        if any(len(b) > self.batch_size for b in batches):
-            raise ValueError(f"batch sampler yields batches larger than batch_size={self.batch_size}")
-        batches = [b for b in batches if len(b) == self.batch_size] + [b for b in batches if len(b) < self.batch_size]
-        short = [i for i, b in enumerate(batches) if len(b) < self.batch_size]
-        if len(short) > 1:
-            raise ValueError(f"batch sampler yields {len(short)} short batches; at most one keeps batches intact")
         batches += batches[: -len(batches) % self.num_replicas]
         return batches[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter([i for b in self._rank_batches() for i in b])
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._rank_batches())
+
+
+class BatchedRows(Dataset):
+    """``rows`` indexed by a list of positions (one batch from ``BatchesDistributedSampler``)."""
+
+    def __init__(self, rows: Sequence) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, batch: list[int]) -> list:
+        return [self.rows[i] for i in batch]
