@@ -154,6 +154,36 @@ def test_token_budget_batches_train_every_row_once_within_the_budget(tmp_path):
         AlignmentDataModule(**paths, max_tokens=64, bucket_window=0)
 
 
+def test_handoff_is_the_best_monitored_checkpoint_not_the_last(tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from safetensors.torch import load_file
+
+    class LastWeights(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            self.state = {k: v.clone() for k, v in pl_module.state_dict().items() if "lora_B" in k}
+
+    paths = write_toy_dataset(tmp_path)
+    dm = AlignmentDataModule(**paths, batch_size=4, val_users=2)
+    module = SFTModule(
+        lora={"r": 4, "alpha": 8}, lr=0.05, token_lr=0.5, num_beams=2, stage="align", export_dir=str(tmp_path / "hf")
+    )
+    # the highest last-step training loss of 3 epochs: the first epoch's, not the last
+    best, last = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="align/train/loss", mode="max"), LastWeights()
+    trainer = L.Trainer(
+        max_epochs=3, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", callbacks=[best, last],
+        default_root_dir=tmp_path / "run", enable_progress_bar=False, logger=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert Path(best.best_model_path).name == "epoch=0-step=2.ckpt"
+    state = torch.load(best.best_model_path, weights_only=False)["state_dict"]
+    saved = load_file(tmp_path / "hf" / "adapter" / "adapter_model.safetensors")
+    name = "layers.0.self_attn.q_proj.lora_B"
+    (key,) = [k for k in saved if name in k]
+    (ckpt_key,) = [k for k in state if name in k]
+    assert torch.equal(saved[key], state[ckpt_key]) and not torch.equal(saved[key], last.state[ckpt_key])
+
+
 def test_full_finetuning_trains_every_weight_and_exports_model(tmp_path):
     import lightning as L
 

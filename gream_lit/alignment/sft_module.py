@@ -372,8 +372,23 @@ class SFTModule(LLMStageModule):
             self.save_handoff(merged=False)
 
     def on_fit_end(self) -> None:
+        """Hand the next stage the checkpoint this stage is tested with: the best one on validation when
+        a checkpoint callback monitors a metric, else the last weights."""
+        best = monitored_best(self.trainer.checkpoint_callback)
+        if best is not None:
+            state = torch.load(best, map_location=self.device, weights_only=False)["state_dict"]
+            self.load_state_dict(state, strict=self.strict_loading)
+            log.info("hand-off from the best checkpoint on validation: %s", best)
         if self.trainer.is_global_zero:
             log.info("hand-off artefacts written to %s", self.save_handoff(merged=self.hparams.export_merged))
+
+
+def monitored_best(callback) -> str | None:
+    """The best checkpoint's path of a ``ModelCheckpoint`` that monitors a metric, if it wrote one."""
+    if callback is None or not getattr(callback, "monitor", None):
+        return None
+    path = getattr(callback, "best_model_path", "")
+    return path if path and Path(path).is_file() else None
 
 
 def check_monitors(callbacks: list, stage: str) -> None:
