@@ -187,5 +187,8 @@ def test_bucket_sampler_with_a_token_budget_fills_batches_by_tokens():
     assert max(len(b) for b in batches) > 10  # short rows share a step beyond batch_size
     sampler.set_epoch(0)
     assert len(sampler) == len(batches) and list(sampler) == batches
+    # Lightning counts the batches once: every epoch has as many, with other members
+    again = list(sampler)
+    assert len(again) == len(batches) and sorted(map(sorted, again)) != sorted(map(sorted, batches))
     with pytest.raises(ValueError, match="max_tokens"):
         BucketBatchSampler(lengths, batch_size=10, max_tokens=0)

@@ -95,8 +95,10 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Cuts padding several-fold against random batches while keeping the order random. With
     ``max_tokens`` a batch holds as many rows as fit that many padded tokens instead of ``batch_size``
-    (which then only sizes the windows): short rows share a step, whose cost on a CPU is largely fixed.
-    Lightning only calls ``set_epoch`` on samplers, not batch samplers, so each ``__iter__`` also
+    rows: short rows share a step, whose cost on a CPU is largely fixed. Those batches are cut from all
+    rows sorted by length, ties in a random order, so every epoch has the same number of batches (which
+    Lightning's validation schedule and learning-rate schedule count once) with new members; windows
+    are not used. Lightning only calls ``set_epoch`` on samplers, not batch samplers, so each ``__iter__`` also
     advances the epoch; ``BatchesDistributedSampler`` sets it explicitly.
     """
 
@@ -119,7 +121,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         if self.max_tokens is None:
             return -(-len(self.lengths) // self.batch_size)
-        return len(self._batches(self.epoch))
+        return len(
+            budget_batches(
+                sorted(range(len(self.lengths)), key=self.lengths.__getitem__), self.lengths, self.max_tokens
+            )
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches(self.epoch)
@@ -130,14 +136,13 @@ class BucketBatchSampler(Sampler[list[int]]):
         rng = random.Random(self.seed + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
-            if self.max_tokens is None:
+        if self.max_tokens is not None:
+            batches = budget_batches(sorted(order, key=self.lengths.__getitem__), self.lengths, self.max_tokens)
+        else:
+            span, batches = self.batch_size * self.window, []
+            for start in range(0, len(order), span):
+                chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
                 batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            else:
-                batches += budget_batches(chunk, self.lengths, self.max_tokens)
         rng.shuffle(batches)
         return batches
 
