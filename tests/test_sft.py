@@ -150,8 +150,6 @@ def test_token_budget_batches_train_every_row_once_within_the_budget(tmp_path):
     assert all(b["input_ids"].numel() <= 400 or b["input_ids"].shape[0] == 1 for b in batches)
     assert sum(b["input_ids"].shape[0] for b in batches) == len(dm.train_data)
     assert max(b["input_ids"].shape[0] for b in batches) > 2  # more rows than batch_size where they fit
-    with pytest.raises(ValueError, match="bucket_window"):
-        AlignmentDataModule(**paths, max_tokens=64, bucket_window=0)
 
 
 def test_handoff_is_the_best_monitored_checkpoint_not_the_last(tmp_path):

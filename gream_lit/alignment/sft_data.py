@@ -121,11 +121,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         if self.max_tokens is None:
             return -(-len(self.lengths) // self.batch_size)
-        return len(
-            budget_batches(
-                sorted(range(len(self.lengths)), key=self.lengths.__getitem__), self.lengths, self.max_tokens
-            )
-        )
+        return len(self._batches(0))  # the same count every epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches(self.epoch)
@@ -178,7 +174,7 @@ class AlignmentDataModule(CatalogDataModule):
             already (evaluating a trained model) and fails clearly otherwise.
         bucket_window: batches per length-sorting window (0 = plain shuffle).
         max_tokens: training batches of as many rows as fit this many padded tokens instead of
-            ``batch_size`` rows (``null``: ``batch_size`` rows). The same budget suits long and short
+            ``batch_size`` rows (``null``: ``batch_size`` rows; ``bucket_window`` then does not apply). The same budget suits long and short
             sequences: on a CPU a step of four 12-token rows is mostly fixed cost.
         item2index_probe: also evaluate title -> ID on this many random training items (0 = off):
             a second validation/test set named ``item2index`` whose recall@1 is exact-ID accuracy.
@@ -226,8 +222,6 @@ class AlignmentDataModule(CatalogDataModule):
         self.val_users = val_users
         self.eval_system_prompt = eval_system_prompt
         self.extend_vocab = extend_vocab
-        if max_tokens is not None and not bucket_window:
-            raise ValueError("max_tokens needs bucket_window > 0 (budgets are cut from length-sorted windows)")
         self.bucket_window = bucket_window
         self.max_tokens = max_tokens
         self.item2index_probe = item2index_probe
@@ -406,7 +400,7 @@ class AlignmentDataModule(CatalogDataModule):
 
     def train_dataloader(self) -> DataLoader:
         common = {"collate_fn": self._collate_train, "num_workers": self.num_workers}
-        if self.bucket_window:
+        if self.bucket_window or self.max_tokens:
             lengths = [len(r["input_ids"]) for r in self.train_data]
             buckets = BucketBatchSampler(lengths, self.batch_size, self.bucket_window, self.seed, self.max_tokens)
             # Whole buckets dealt to ranks: a bare batch_sampler cannot run under DDP.
