@@ -174,8 +174,9 @@ class AlignmentDataModule(CatalogDataModule):
             already (evaluating a trained model) and fails clearly otherwise.
         bucket_window: batches per length-sorting window (0 = plain shuffle).
         max_tokens: training batches of as many rows as fit this many padded tokens instead of
-            ``batch_size`` rows (``null``: ``batch_size`` rows; ``bucket_window`` then does not apply). The same budget suits long and short
-            sequences: on a CPU a step of four 12-token rows is mostly fixed cost.
+            ``batch_size`` rows (``null``: ``batch_size`` rows; set, ``bucket_window`` does not apply). The
+            same budget suits long and short sequences: on a CPU a step of four 12-token rows is mostly
+            fixed cost.
         item2index_probe: also evaluate title -> ID on this many random training items (0 = off):
             a second validation/test set named ``item2index`` whose recall@1 is exact-ID accuracy.
         prompt_format: ``chat`` (GREAM's instruction prompts in the backbone's chat template) or

@@ -23,7 +23,7 @@ act as a plain sequential sampler of one process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
@@ -110,16 +110,14 @@ class BatchesDistributedSampler(DistributedSampler):
 
     Ranks need the same number of batches, so the batch list is padded with its first batches (a few
     samples seen twice per epoch, as torch's sampler does). ``set_epoch`` is forwarded to
-    ``batch_sampler`` when it has one (a new order per epoch); the length is that epoch's batch count.
+    ``batch_sampler`` when it has one (a new order per epoch); its length must not change between epochs.
 
     Args:
-        batch_sampler: yields lists of dataset indices; the same on every rank (seeded).
+        batch_sampler: yields lists of dataset indices, as many every epoch; the same on every rank (seeded).
         num_replicas, rank: default to the initialised process group, else one process.
     """
 
-    def __init__(
-        self, batch_sampler: Iterable[list[int]], num_replicas: int | None = None, rank: int | None = None
-    ) -> None:
+    def __init__(self, batch_sampler: Sized, num_replicas: int | None = None, rank: int | None = None) -> None:
         num_replicas, rank = _world(num_replicas, rank)
         self.batch_sampler = batch_sampler
         self.num_replicas, self.rank, self.epoch, self.shuffle, self.drop_last = num_replicas, rank, 0, False, False
@@ -132,7 +130,8 @@ class BatchesDistributedSampler(DistributedSampler):
         return batches[self.rank :: self.num_replicas]
 
     def __len__(self) -> int:
-        return len(self._rank_batches())
+        """This rank's batch count (the padded list over ``W``), without drawing an epoch's batches."""
+        return -(-len(self.batch_sampler) // self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._rank_batches())
